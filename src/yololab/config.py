@@ -1,0 +1,124 @@
+"""Typed run configuration: pydantic models (unknown keys are errors), YAML in/out, ``--set`` overrides.
+
+The resolved ``RunConfig`` is written beside every run as ``config.yaml`` and is enough to repeat it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from yololab.loss.config import LossConfig
+from yololab.loss.presets import preset
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    data: str | None = Field(None, description="Path of the dataset's data.yaml (ultralytics convention).")
+    imgsz: int = Field(256, gt=0, description="Square network input size in pixels (multiple of the max stride).")
+    batch: int = Field(16, gt=0, description="Images per batch (per process under DDP).")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+
+
+class ModelConfig(_Strict):
+    cfg: str = Field("yolov3-tiny-3l-small", description="darknet cfg: a path, or the name of a packaged cfg.")
+    weights: str | None = Field(None, description="Optional darknet .weights to start from.")
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate, reached at the end of warm-up.")
+    momentum: float = Field(0.937, description="SGD momentum / AdamW beta1 (ultralytics' 0.937).")
+    weight_decay: float = Field(5e-4, ge=0, description="Applied to conv weights only, not biases or BN.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear LR warm-up length in epochs.")
+    final_lr_fraction: float = Field(0.05, ge=0, le=1, description="Cosine schedule ends at lr * this.")
+    grad_clip: float | None = Field(10.0, description="Gradient norm clipping (None disables).")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, gt=0)
+    seed: int = 0
+    ema: bool = Field(False, description="Keep an exponential moving average of the weights for evaluation.")
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu.")
+    devices: int | str = Field(1, description="Devices (processes) per node; >1 uses DDP.")
+    strategy: str = Field("auto", description="Lightning strategy (auto, ddp, ddp_spawn...).")
+    conf_thres: float = Field(0.001, description="Score threshold for mAP evaluation (COCO practice).")
+    iou_thres: float = Field(0.6, description="NMS IoU threshold.")
+    max_det: int = Field(100, description="Detections kept per image (COCO's maxDets).")
+    val_every: int = Field(1, gt=0, description="Validate every N epochs.")
+
+
+class RunConfig(_Strict):
+    project: str = "runs"
+    name: str = "train"
+    preset: str = Field("yololab", description="Loss preset the loss section was resolved from.")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = Field(default_factory=lambda: preset("yololab"))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.project) / self.name
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["train.epochs=3", "loss.box_loss=mse"] -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a RunConfig: defaults <- base dict <- ``--set`` overrides; the loss starts from its preset."""
+    raw = _merge(base or {}, parse_overrides(overrides or []))
+    preset_name = raw.get("preset", "yololab")
+    raw["loss"] = _merge(preset(preset_name).model_dump(), raw.get("loss", {}))
+    try:
+        return RunConfig(**raw)
+    except ValidationError as err:
+        raise ValueError(f"invalid configuration:\n{err}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a config.yaml written by ``save_config`` (or by hand)."""
+    text = Path(path).read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return RunConfig(**data)
+    except ValidationError as err:
+        raise ValueError(f"{path}: invalid configuration:\n{err}") from None
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,78 @@
+"""YoloDataModule: datasets and loaders of a data.yaml, validated before training starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from yololab.data import DataSpec, YoloDataset, collate, load_data_yaml, validate_split
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random order that depends only on (seed, epoch): a resumed run sees the same order as an unbroken one.
+
+    Lightning calls ``set_epoch`` at every epoch start; under DDP it swaps this for a DistributedSampler,
+    which follows the same rule.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class YoloDataModule(L.LightningDataModule):
+    """Loaders for the splits of ``data_yaml``. Every split used is validated (images decodable, labels
+    parseable, classes in range, boxes inside the image) before any loader is made: a bad file stops the run
+    before training, with its file and line, instead of crashing a worker mid-epoch."""
+
+    def __init__(self, data_yaml: str | Path, img_size: int, batch_size: int, workers: int, channels: int,
+                 seed: int = 0):
+        super().__init__()
+        self.spec: DataSpec = load_data_yaml(data_yaml)
+        self.img_size, self.batch_size, self.workers = img_size, batch_size, workers
+        self.channels, self.seed = channels, seed
+        self.datasets: dict[str, YoloDataset] = {}
+
+    def validate(self, splits: tuple[str, ...] = ("train", "val")) -> None:
+        """Raise a DataError listing every problem of the given splits (file and line for each)."""
+        for split in splits:
+            images = self._images(split)
+            validate_split(images, self.spec.num_classes, source=f"{self.spec.yaml_path} [{split}]").raise_if_errors()
+
+    def _images(self, split: str) -> list[Path]:
+        if split not in self.spec.splits:
+            raise ValueError(f"{self.spec.yaml_path}: no '{split}' split")
+        return self.spec.splits[split]
+
+    def dataset(self, split: str) -> YoloDataset:
+        if split not in self.datasets:
+            self.datasets[split] = YoloDataset(self._images(split), self.spec.num_classes, self.img_size,
+                                               channels=self.channels)
+        return self.datasets[split]
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        data = self.dataset(split)
+        sampler = EpochSeededSampler(len(data), self.seed) if shuffle else None
+        return DataLoader(
+            data, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers, collate_fn=collate,
+            persistent_workers=self.workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")

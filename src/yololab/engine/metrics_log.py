@@ -1,0 +1,52 @@
+"""MetricsJsonl: one JSON object per (epoch, split) with every term, stat and metric: what reports read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+
+SPLITS = ("train", "val")
+
+
+class MetricsJsonl(L.Callback):
+    """Appends to ``path`` at each training-epoch end (after that epoch's validation has run).
+
+    Keys drop the split prefix: ``loss/box/s0``, ``stat/iou/s1``, ``mAP50`` …; plus ``epoch``, ``split``,
+    ``step``. A val row is written only for epochs where validation ran.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._validated = not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        rows = []
+        for split in SPLITS:
+            if split == "val" and not self._validated:
+                continue
+            row = {k.split("/", 1)[1]: _finite(v) for k, v in metrics.items() if k.startswith(f"{split}/")}
+            if split == "train":
+                row.update({k: _finite(v) for k, v in metrics.items() if k in ("lr", "warmup")})
+            rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
+        self._validated = False
+        if trainer.is_global_zero:
+            with self.path.open("a") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row) + "\n")
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a stat that had no samples (no positives at a scale) is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a metrics.jsonl, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

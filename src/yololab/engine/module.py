@@ -1,0 +1,113 @@
+"""YoloModule: the Lightning module that trains a Darknet model with YoloLoss and measures mAP.
+
+Everything the module logs follows DESIGN.md's names: ``{train,val}/loss/<term>/s<i>`` (weighted),
+``{train,val}/unweighted/<term>/s<i>``, ``{train,val}/stat/<name>/s<i>``, ``{train,val}/loss/total``,
+``val/mAP50``, ``val/mAP50_95``, ``lr`` and ``warmup``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from yololab.config import RunConfig
+from yololab.engine.schedule import warmup_cosine
+from yololab.evaluate import coco_map, nms
+from yololab.evaluate.runner import truths_in_pixels
+from yololab.loss import LossBreakdown, YoloLoss
+from yololab.model.build import build_model
+from yololab.model.coder import decode_outputs
+
+COUNT_STATS = ("n_pos", "n_ignored")  # per-batch counts, averaged over batches
+NEGATIVE_STATS = ("obj_neg",)  # means over all non-responsible predictions: weighted by images
+
+
+class YoloModule(L.LightningModule):
+    """Lightning module. ``config`` is a RunConfig as a dict (so checkpoints are self-contained);
+    ``cfg_text`` the darknet cfg the model was built from; ``names`` the class names."""
+
+    def __init__(self, config: dict[str, Any], cfg_text: str, names: list[str]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = RunConfig(**config)
+        self.names = list(names)
+        self.model = build_model(cfg_text, num_classes=len(names))
+        self.loss = YoloLoss(self.cfg.loss, self.model.anchors, self.model.strides, len(names))
+        self._dets: list[Tensor] = []
+        self._truths: list[Tensor] = []
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return self.model(images)
+
+    # ---------------------------------------------------------------- training / validation steps
+    def training_step(self, batch: tuple, batch_idx: int) -> Tensor:
+        images, targets, _ = batch
+        breakdown = self.loss(self.model(images), targets, step=self.global_step)
+        self._log_breakdown("train", breakdown, len(images))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images))
+        return breakdown.total
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, targets, _ = batch
+        raw = self.model(images)
+        self._log_breakdown("val", self.loss(raw, targets), len(images))
+        decoded = decode_outputs(raw, self.model.anchors, self.model.strides, self.loss.coder)
+        tc = self.cfg.train
+        dets = nms(decoded, conf_thres=tc.conf_thres, iou_thres=tc.iou_thres, max_det=tc.max_det)
+        self._dets.extend(d.cpu() for d in dets)
+        self._truths.extend(truths_in_pixels(targets, len(images), tuple(images.shape[-2:])))
+
+    def on_validation_epoch_end(self) -> None:
+        dets, truths = self._dets, self._truths
+        self._dets, self._truths = [], []
+        if self.trainer.sanity_checking:
+            return
+        if self.trainer.world_size > 1:
+            dets, truths = _gather(dets), _gather(truths)
+        result = coco_map(dets, truths, num_classes=len(self.names), names=self.names)
+        self.log("val/mAP50", result["mAP50"], sync_dist=False, rank_zero_only=False)
+        self.log("val/mAP50_95", result["mAP50_95"], sync_dist=False, rank_zero_only=False)
+
+    def _log_breakdown(self, split: str, br: LossBreakdown, batch_size: int) -> None:
+        opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        self.log(f"{split}/loss/total", br.total.detach(), prog_bar=True, **opts)
+        for key, value in br.terms.items():
+            self.log(f"{split}/loss/{key}", value.detach(), **opts)
+        for key, value in br.unweighted.items():
+            self.log(f"{split}/unweighted/{key}", value, **opts)
+        n_scales = len(self.model.strides)
+        n_pos = torch.bincount(br.assignment[0], minlength=n_scales).tolist()
+        for key, value in br.stats.items():
+            name, scale = key.split("/")
+            weight = batch_size if name in COUNT_STATS + NEGATIVE_STATS else n_pos[int(scale[1:])]
+            if weight > 0:
+                self.log(f"{split}/stat/{key}", value, **{**opts, "batch_size": weight})
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        oc = self.cfg.optim
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (decay if p.ndim > 1 else no_decay).append(p)  # biases and BN parameters are not decayed
+        groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if oc.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.momentum, 0.999))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = round(oc.warmup_epochs * total / max(self.trainer.max_epochs or 1, 1))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warmup, oc.final_lr_fraction)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _gather(items: list[Tensor]) -> list[Tensor]:
+    """All ranks' lists concatenated in rank order (small CPU tensors)."""
+    gathered: list[list[Tensor]] = [[] for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather_object(gathered, items)
+    return [t for part in gathered for t in part]

@@ -1,0 +1,107 @@
+"""train(cfg): builds the data, model, callbacks and Lightning Trainer of a run and fits it.
+
+A run folder (DESIGN.md): config.yaml, checkpoints/{last,best}.ckpt, tb/ (TensorBoard), metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from yololab.config import RunConfig, save_config
+from yololab.data import load_data_yaml
+from yololab.engine.checkpoint import AtomicCheckpointIO
+from yololab.engine.datamodule import YoloDataModule
+from yololab.engine.metrics_log import MetricsJsonl, read_metrics
+from yololab.engine.module import YoloModule
+from yololab.model import load_darknet_weights
+from yololab.model.build import read_cfg_text
+
+BEST_METRIC = "val/mAP50"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    metrics: list[dict]
+
+
+def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    callbacks: list[L.Callback] = [
+        # last.ckpt at every epoch end, whatever the validation schedule.
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
+                        enable_version_counter=False, auto_insert_metric_name=False),
+        MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
+    ]
+    if progress == "rich":
+        callbacks.append(RichProgressBar())
+    elif progress == "plain":
+        callbacks.append(TQDMProgressBar())
+    if cfg.train.ema:
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
+    return callbacks
+
+
+def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
+    """A fresh YoloModule for ``cfg``, starting from darknet weights when the config names some."""
+    module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names)
+    if cfg.model.weights:
+        load_darknet_weights(module.model, cfg.model.weights)
+    return module
+
+
+def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich") -> TrainResult:
+    """Fit a run. ``resume`` continues from ``checkpoints/last.ckpt`` (weights, optimiser, schedule, epoch,
+    EMA and callback state); ``exist_ok`` replaces an existing run folder; ``progress`` is rich, plain or
+    none."""
+    run_dir = cfg.run_dir
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise FileNotFoundError(f"cannot resume: {last} does not exist")
+    if not resume and (run_dir / "config.yaml").exists():
+        if not exist_ok:
+            raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
+        shutil.rmtree(run_dir)
+    if cfg.data.data is None:
+        raise ValueError("no dataset: set data.data (the path of a data.yaml)")
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    spec_names = load_data_yaml(cfg.data.data).names
+    module = make_module(cfg, spec_names)
+    # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
+    data = YoloDataModule(cfg.data.data, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
+                          channels=module.model.channels, seed=cfg.train.seed)
+    data.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        precision=cfg.train.precision,
+        gradient_clip_val=cfg.optim.grad_clip,
+        check_val_every_n_epoch=cfg.train.val_every,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
+        callbacks=_callbacks(cfg, progress),
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress != "none",
+        log_every_n_steps=10,
+        num_sanity_val_steps=1,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    metrics_path = run_dir / "metrics.jsonl"
+    return TrainResult(run_dir, best if best.exists() else None, last,
+                       read_metrics(metrics_path) if metrics_path.exists() else [])

@@ -1,0 +1,218 @@
+"""COCO box mAP with pycocotools, on in-memory COCO dicts.
+
+Nothing here computes AP by hand: the detections and truths are turned into the COCO json structures,
+evaluated by ``pycocotools.cocoeval.COCOeval`` (iouType ``bbox``) and read back from its ``eval`` arrays.
+
+Conventions:
+
+- ``dets``: one array per image, ``[K, 6]`` = ``x1, y1, x2, y2, score, class`` in pixels (what
+  :func:`yololab.evaluate.nms` returns). ``truths``: one array per image, ``[M, 5]`` =
+  ``class, x1, y1, x2, y2`` in pixels. Tensors (any device) or numpy arrays.
+- Image ``i`` becomes COCO image id ``i + 1`` and class ``c`` category id ``c + 1``; annotation ids start
+  at 1 too, because pycocotools treats id 0 as "not matched".
+- ``mAP50`` / ``mAP50_95`` are COCO's AP@[.5] and AP@[.5:.95] (101-point interpolated, area "all",
+  at most ``max_dets`` detections per image *and class*, as in COCOeval), averaged over the classes
+  that have at least one truth.
+- ``per_class`` lists every class ``0 .. num_classes - 1``; a class without truths has NaN APs (AP is
+  undefined without anything to recall) and ``n_truths`` 0. A class with truths but no detections has
+  AP 0.
+- No truths at all: ``mAP50`` and ``mAP50_95`` are NaN (undefined, as for a class without truths).
+- No detections at all (and some truths): every AP is 0.0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# COCO's standard cap on detections per image (the third entry of COCOeval's maxDets [1, 10, 100]).
+DEFAULT_MAX_DETS = 100
+
+_DET_COLUMNS = 6  # x1, y1, x2, y2, score, class
+_TRUTH_COLUMNS = 5  # class, x1, y1, x2, y2
+_DET_XYXY = slice(0, 4)
+_TRUTH_XYXY = slice(1, 5)
+_AREA_ALL = 0  # index of the "all" area range in COCOeval.params.areaRng
+_IOU50 = 0  # index of IoU 0.5 in COCOeval.params.iouThrs (0.5, 0.55, ..., 0.95)
+_MISSING = -1  # COCOeval's marker in eval["precision"] for "no truths of this class"
+
+
+class EvaluationInputError(ValueError):
+    """Raised when detections or truths given to :func:`coco_map` are malformed."""
+
+
+def coco_map(
+    dets: Sequence[Any],
+    truths: Sequence[Any],
+    num_classes: int | None = None,
+    names: Sequence[str] | None = None,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+    max_dets: int = DEFAULT_MAX_DETS,
+) -> dict[str, Any]:
+    """COCO mAP of detections against truths.
+
+    Args:
+        dets: per image ``[K, 6]`` = ``x1, y1, x2, y2, score, class`` (pixels).
+        truths: per image ``[M, 5]`` = ``class, x1, y1, x2, y2`` (pixels).
+        num_classes: number of classes; default ``len(names)``, else the largest class id seen + 1.
+        names: class names, used as the keys of ``per_class`` (class ids otherwise).
+        image_sizes: per image ``(height, width)`` written into the COCO images (not needed for boxes).
+        max_dets: COCOeval's detections cap per image and class.
+
+    Returns:
+        ``{"mAP50", "mAP50_95", "per_class": {name_or_id: {"AP50", "AP50_95", "n_truths"}},
+        "n_images", "n_truths", "n_dets"}`` (see the module docstring for NaN and 0 cases).
+    """
+    det_arrays = [_as_array(d, _DET_COLUMNS, _DET_XYXY, "dets", i) for i, d in enumerate(dets)]
+    truth_arrays = [_as_array(t, _TRUTH_COLUMNS, _TRUTH_XYXY, "truths", i) for i, t in enumerate(truths)]
+    _check_lengths(det_arrays, truth_arrays, image_sizes)
+    num_classes = _resolve_num_classes(det_arrays, truth_arrays, num_classes, names)
+    gt = _coco_from_dict(_gt_dataset(truth_arrays, num_classes, image_sizes))
+    results = _result_dicts(det_arrays)
+    n_truths_per_class = _count_truths(truth_arrays, num_classes)
+    ap50, ap50_95 = _per_class_ap(gt, results, num_classes, max_dets)
+    keys = list(names) if names is not None else list(range(num_classes))
+    return {
+        "mAP50": _nanmean(ap50),
+        "mAP50_95": _nanmean(ap50_95),
+        "per_class": {
+            keys[c]: {"AP50": ap50[c], "AP50_95": ap50_95[c], "n_truths": n_truths_per_class[c]}
+            for c in range(num_classes)
+        },
+        "n_images": len(truth_arrays),
+        "n_truths": sum(n_truths_per_class),
+        "n_dets": sum(len(d) for d in det_arrays),
+    }
+
+
+def _as_array(x: Any, columns: int, xyxy_columns: slice, what: str, index: int) -> np.ndarray:
+    """Tensor or array -> float64 numpy ``[K, columns]``, with a clear error for a wrong shape or value."""
+    if hasattr(x, "detach"):  # torch tensor, possibly on an accelerator
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, columns)
+    if arr.ndim != 2 or arr.shape[1] != columns:
+        raise EvaluationInputError(f"coco_map: {what}[{index}] must be [K, {columns}], got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise EvaluationInputError(f"coco_map: {what}[{index}] contains non-finite values")
+    xyxy = arr[:, xyxy_columns]
+    bad = np.nonzero((xyxy[:, 2] < xyxy[:, 0]) | (xyxy[:, 3] < xyxy[:, 1]))[0]
+    if len(bad):
+        raise EvaluationInputError(
+            f"coco_map: {what}[{index}] row {bad[0]} has x2 < x1 or y2 < y1: {xyxy[bad[0]].tolist()}"
+        )
+    return arr
+
+
+def _check_lengths(dets: list, truths: list, sizes: Sequence | None) -> None:
+    if len(dets) != len(truths):
+        raise EvaluationInputError(
+            f"coco_map: got detections for {len(dets)} images but truths for {len(truths)}"
+        )
+    if sizes is not None and len(sizes) != len(truths):
+        raise EvaluationInputError(f"coco_map: got {len(sizes)} image_sizes for {len(truths)} images")
+
+
+def _resolve_num_classes(
+    dets: list[np.ndarray], truths: list[np.ndarray], num_classes: int | None, names: Sequence[str] | None
+) -> int:
+    class_ids = np.concatenate([d[:, 5] for d in dets] + [t[:, 0] for t in truths] + [np.zeros(0)])
+    if np.any(class_ids != np.round(class_ids)) or np.any(class_ids < 0):
+        raise EvaluationInputError("coco_map: class ids must be non-negative integers")
+    seen = int(class_ids.max()) + 1 if len(class_ids) else 0
+    if num_classes is None:
+        num_classes = len(names) if names is not None else seen
+    if names is not None and len(names) != num_classes:
+        raise EvaluationInputError(f"coco_map: {len(names)} names for {num_classes} classes")
+    if seen > num_classes:
+        raise EvaluationInputError(f"coco_map: class id {seen - 1} out of range for {num_classes} classes")
+    return num_classes
+
+
+def _gt_dataset(truths: list[np.ndarray], num_classes: int, sizes: Sequence | None) -> dict[str, list]:
+    """Truths -> a COCO ground-truth dict (bbox as x, y, w, h; area = w * h; no crowd boxes)."""
+    images, annotations = [], []
+    for i, t in enumerate(truths):
+        image = {"id": i + 1}
+        if sizes is not None:
+            image["height"], image["width"] = (int(v) for v in sizes[i])
+        images.append(image)
+        for cls, x1, y1, x2, y2 in t.tolist():
+            w, h = x2 - x1, y2 - y1
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(cls) + 1,
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": c + 1, "name": str(c)} for c in range(num_classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _result_dicts(dets: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Detections -> COCO result dicts (what ``COCO.loadRes`` reads)."""
+    return [
+        {"image_id": i + 1, "category_id": int(cls) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+        for i, d in enumerate(dets)
+        for x1, y1, x2, y2, score, cls in d.tolist()
+    ]
+
+
+def _count_truths(truths: list[np.ndarray], num_classes: int) -> list[int]:
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for t in truths:
+        np.add.at(counts, t[:, 0].astype(np.int64), 1)
+    return counts.tolist()
+
+
+def _coco_from_dict(dataset: dict[str, list]) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress unconditionally
+        coco.createIndex()
+    return coco
+
+
+def _per_class_ap(
+    gt: COCO, results: list[dict], num_classes: int, max_dets: int
+) -> tuple[list[float], list[float]]:
+    """Run COCOeval; return per class (AP50, AP50_95), NaN for classes without truths."""
+    if not gt.dataset["annotations"]:
+        return [math.nan] * num_classes, [math.nan] * num_classes
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            dt = gt.loadRes(results)
+        else:  # loadRes indexes results[0]: an empty result set is built directly.
+            dt = _coco_from_dict({"images": gt.dataset["images"], "annotations": [], "categories": []})
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.params.maxDets = [max_dets]
+        evaluator.evaluate()
+        evaluator.accumulate()
+    # precision: [iou thresholds, recall thresholds, classes, area ranges, max dets]
+    precision = evaluator.eval["precision"][:, :, :, _AREA_ALL, -1]
+    ap50 = [_mean_valid(precision[_IOU50, :, c]) for c in range(num_classes)]
+    ap50_95 = [_mean_valid(precision[:, :, c]) for c in range(num_classes)]
+    return ap50, ap50_95
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean of the entries COCOeval filled in (as its summarize() does); NaN if none."""
+    valid = values[values > _MISSING]
+    return float(valid.mean()) if valid.size else math.nan
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan

@@ -1,0 +1,213 @@
+"""YoloLoss: the YOLOv3 loss, returned as a breakdown per scale and term.
+
+Works on any model that emits the raw-output contract (list of [B, A, H, W, 5 + C] logits), so it can be
+used in a user's own training loop as well as in yololab's trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
+from yololab.loss import terms
+from yololab.loss.assign import Assignment, assign_targets
+from yololab.loss.config import LossConfig
+from yololab.model.coder import BoxCoder
+
+TERMS = ("xy", "wh", "box", "obj", "noobj", "cls")
+STATS = ("n_pos", "n_ignored", "iou", "obj_pos", "obj_neg", "cls_prob", "recall50", "recall75")
+RECALL_IOUS = (0.5, 0.75)  # darknet's .5R and .75R
+SMALL_BOX_BASE = 2.0  # keras-yolo3 / TF2 YOLOv3 box weight: 2 - w*h (w, h relative to the input)
+
+
+@dataclass
+class LossBreakdown:
+    """What one loss evaluation returns.
+
+    total: scalar that is back-propagated. terms: ``"<term>/s<i>"`` -> weighted scalar contributions;
+    aggregating them with ``aggregate(terms, cfg.aggregation)`` gives ``total`` exactly. unweighted: the same
+    keys before term and scale weights, detached. stats: ``"<name>/s<i>"`` detached diagnostics (NaN where a
+    scale has no positives). assignment: (scale, image, anchor, gy, gx, target) of the positives.
+    warmup: whether this batch used the anchor-prior warm-up.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    unweighted: dict[str, Tensor]
+    stats: dict[str, Tensor]
+    assignment: tuple[Tensor, ...]
+    warmup: bool = False
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def aggregate(term_values: dict[str, Tensor], aggregation: str) -> Tensor:
+    """Combine ``"<term>/s<i>"`` values into the total: plain sum, or keras-yolo3's sum of per-scale sqrt."""
+    if aggregation == "sum":
+        return torch.stack(list(term_values.values())).sum()
+    per_scale: dict[str, list[Tensor]] = {}
+    for key, value in term_values.items():
+        per_scale.setdefault(key.split("/")[1], []).append(value)
+    return torch.stack([torch.stack(v).sum().sqrt() for v in per_scale.values()]).sum()
+
+
+def _truths_per_image(targets: Tensor, batch_size: int, input_wh: Tensor) -> Tensor:
+    """targets [N, 6] -> [B, T, 4] xyxy pixel truths per image, padded with empty boxes (T = max per image)."""
+    image = targets[:, 0].long()
+    counts = torch.bincount(image, minlength=batch_size)
+    t_max = int(counts.max()) if len(targets) else 0
+    padded = targets.new_zeros(batch_size, max(t_max, 1), 4)
+    if len(targets):
+        order = torch.argsort(image, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(targets), device=targets.device) - starts[image[order]]
+        boxes = box_cxcywh_to_xyxy(targets[order, 2:6] * input_wh.repeat(2))
+        padded[image[order], slot] = boxes.to(padded)
+    return padded
+
+
+class YoloLoss(nn.Module):
+    """YOLOv3 loss. ``loss(raw, targets, step=None) -> LossBreakdown``.
+
+    raw: list over scales of [B, A, H, W, 5 + C] logits; targets [N, 6] (image, class, cx, cy, w, h)
+    normalised; anchors per scale [A, 2] input pixels; strides per scale.
+    """
+
+    def __init__(self, cfg: LossConfig, anchors: list[Tensor], strides: list[int], num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.anchors = [torch.as_tensor(a, dtype=torch.float32) for a in anchors]
+        self.strides = list(strides)
+        self.num_classes = num_classes
+        self.coder = BoxCoder(cfg.coder, cfg.scale_x_y)
+        n_scales = len(self.anchors)
+        if cfg.scale_weights is not None and len(cfg.scale_weights) != n_scales:
+            raise ValueError(f"scale_weights has {len(cfg.scale_weights)} values for {n_scales} scales")
+        self.scale_weights = cfg.scale_weights or [1.0] * n_scales
+
+    def forward(self, raw: list[Tensor], targets: Tensor, step: int | None = None) -> LossBreakdown:
+        if len(raw) != len(self.anchors):
+            raise ValueError(f"model gave {len(raw)} outputs for {len(self.anchors)} anchor scales")
+        batch = raw[0].shape[0]
+        grids = [(r.shape[2], r.shape[3]) for r in raw]
+        input_size = (grids[0][0] * self.strides[0], grids[0][1] * self.strides[0])
+        targets = targets.to(raw[0].device).float()
+        assignment = assign_targets(
+            targets, self.anchors, grids, input_size, batch, self.cfg
+        )
+        input_wh = torch.tensor([input_size[1], input_size[0]], device=targets.device, dtype=torch.float32)
+        truths = _truths_per_image(targets, batch, input_wh)
+        weighted: dict[str, Tensor] = {}
+        unweighted: dict[str, Tensor] = {}
+        stats: dict[str, Tensor] = {}
+        for i, r in enumerate(raw):
+            w, u, s = self._scale(i, r.float(), targets, assignment, truths, input_wh)
+            for name in w:
+                weighted[f"{name}/s{i}"] = w[name]
+                unweighted[f"{name}/s{i}"] = u[name].detach()
+            stats.update({f"{name}/s{i}": value for name, value in s.items()})
+        total = aggregate(weighted, self.cfg.aggregation)
+        if not torch.isfinite(total):
+            bad = [k for k, v in weighted.items() if not torch.isfinite(v)]
+            raise FloatingPointError(f"non-finite loss in term(s) {bad or ['total']}")
+        return LossBreakdown(total, weighted, unweighted, stats, assignment.as_tuple())
+
+    def _scale(
+        self, i: int, r: Tensor, targets: Tensor, assignment: Assignment, truths: Tensor, input_wh: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Terms of one scale. r [B, A, H, W, 5 + C]. Returns (weighted, unweighted, stats)."""
+        cfg = self.cfg
+        batch, n_anchor, grid_h, grid_w, _ = r.shape
+        stride = self.strides[i]
+        anchors = self.anchors[i].to(r.device)
+        b, a, gy, gx, t = assignment.at_scale(i)
+        n_pos = len(b)
+        p = r[b, a, gy, gx]  # [P, 5 + C]
+        tgt = targets[t]
+
+        # Positives: predicted and true boxes in pixels.
+        cell = torch.stack((gx, gy), -1).to(r)
+        pred_offset = self.coder.xy(p[:, :2])
+        pred_wh = self.coder.wh(p[:, 2:4], anchors[a])
+        true_offset = tgt[:, 2:4] * torch.stack((torch.full_like(tgt[:, 2], grid_w), torch.full_like(tgt[:, 2], grid_h)), -1) - cell
+        true_wh = tgt[:, 4:6] * input_wh
+        pred_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + pred_offset) * stride, pred_wh), -1))
+        true_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + true_offset) * stride, true_wh), -1))
+        iou = iou_elementwise(pred_xyxy.detach(), true_xyxy, "iou")
+        small_weight = (SMALL_BOX_BASE - tgt[:, 4] * tgt[:, 5]) if cfg.small_box_weight else torch.ones_like(iou)
+
+        per_pos: dict[str, Tensor] = {}
+        if cfg.box_loss == "mse":
+            per_pos["xy"] = terms.xy_loss(pred_offset, true_offset) * small_weight
+            per_pos["wh"] = terms.wh_loss(pred_wh, true_wh, anchors[a]) * small_weight
+        else:
+            per_pos["box"] = terms.iou_box_loss(pred_xyxy, true_xyxy, cfg.box_loss) * small_weight
+        per_pos["cls"] = terms.class_loss(p[:, 5:], tgt[:, 1].long(), cfg.cls_loss, cfg.label_smoothing)
+
+        # Objectness over the whole grid.
+        obj_logit = r[..., 4]
+        positive = torch.zeros_like(obj_logit, dtype=torch.bool)
+        positive[b, a, gy, gx] = True
+        obj_target = torch.zeros_like(obj_logit)
+        obj_target[b, a, gy, gx] = 1.0 if cfg.obj_target == "one" else iou.clamp(min=0).to(obj_target)
+        ignored = self._ignored(r, anchors, stride, truths) & ~positive
+        obj_elem = terms.objectness_loss(obj_logit, obj_target, cfg.obj_loss)
+        sums = {name: v.sum() for name, v in per_pos.items()}
+        sums["obj"] = obj_elem[positive].sum()
+        sums["noobj"] = obj_elem[~positive & ~ignored].sum()
+
+        unweighted = self._reduce(sums, n_pos, batch, obj_logit.numel(), r.shape[-1] - 5)
+        weight = {
+            "xy": cfg.xy_weight, "wh": cfg.wh_weight, "box": cfg.box_weight, "cls": cfg.cls_weight,
+            "obj": cfg.obj_weight * self.scale_weights[i], "noobj": cfg.noobj_weight * self.scale_weights[i],
+        }
+        weighted = {name: value * weight[name] for name, value in unweighted.items()}
+        stats = self._stats(p, tgt, iou, obj_logit, positive, ignored)
+        return weighted, unweighted, stats
+
+    def _reduce(self, sums: dict[str, Tensor], n_pos: int, batch: int, n_preds: int, n_cls: int) -> dict[str, Tensor]:
+        """Apply the configured reduction to summed terms (see LossConfig.reduction)."""
+        if self.cfg.reduction == "sum":
+            return {name: value / batch for name, value in sums.items()}
+        per_positive = max(n_pos, 1)
+        cls_elements = per_positive * (max(n_cls, 1) if self.cfg.cls_loss == "bce" else 1)
+        divisor = {"xy": per_positive, "wh": per_positive, "box": per_positive, "cls": cls_elements,
+                   "obj": n_preds, "noobj": n_preds}
+        return {name: value / divisor[name] * batch for name, value in sums.items()}
+
+    @torch.no_grad()
+    def _ignored(self, r: Tensor, anchors: Tensor, stride: int, truths: Tensor) -> Tensor:
+        """[B, A, H, W] bool: predictions whose decoded box has IoU > ignore_thresh with a truth of the image."""
+        if self.cfg.ignore_thresh >= 1.0:
+            return torch.zeros(r.shape[:4], dtype=torch.bool, device=r.device)
+        decoded = self.coder.decode(r[..., :5], anchors, stride)[..., :4]  # [B, AHW, 4]
+        boxes = box_cxcywh_to_xyxy(decoded)
+        best = iou_elementwise(boxes[:, :, None, :], truths[:, None, :, :], "iou").amax(-1)  # [B, AHW]
+        return (best > self.cfg.ignore_thresh).reshape(r.shape[:4])
+
+    @torch.no_grad()
+    def _stats(self, p: Tensor, tgt: Tensor, iou: Tensor, obj_logit: Tensor, positive: Tensor,
+               ignored: Tensor) -> dict[str, Tensor]:
+        """darknet's per-scale statistics: count, Avg IOU, Class, Obj, No Obj, .5R, .75R, ignored."""
+        nan = obj_logit.new_tensor(float("nan"))
+        obj_prob = obj_logit.sigmoid()
+        n_pos = len(p)
+        stats = {"n_pos": obj_logit.new_tensor(float(n_pos)), "n_ignored": ignored.sum().float()}
+        negatives = obj_prob[~positive]
+        stats["obj_neg"] = negatives.mean() if negatives.numel() else nan
+        if n_pos == 0:
+            stats.update({k: nan for k in ("iou", "obj_pos", "cls_prob", "recall50", "recall75")})
+            return stats
+        classes = tgt[:, 1].long()
+        if self.cfg.cls_loss == "softmax_ce":
+            cls_prob = p[:, 5:].softmax(-1)
+        else:
+            cls_prob = p[:, 5:].sigmoid()
+        stats["iou"] = iou.mean()
+        stats["obj_pos"] = obj_prob[positive].mean()
+        stats["cls_prob"] = cls_prob[torch.arange(n_pos, device=p.device), classes].mean()
+        for name, threshold in zip(("recall50", "recall75"), RECALL_IOUS, strict=True):
+            stats[name] = (iou > threshold).float().mean()
+        return stats

@@ -1,0 +1,34 @@
+"""Building a model from a cfg given by name or path, or from cfg text stored in a checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from yololab.model.cfg import packaged_cfg, packaged_cfgs
+from yololab.model.darknet import Darknet
+
+
+def resolve_cfg(name_or_path: str | Path) -> Path:
+    """A cfg file path, or the name of a packaged cfg (with or without ``.cfg``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".cfg")
+    if name in packaged_cfgs():
+        return packaged_cfg(name)
+    raise FileNotFoundError(
+        f"cfg {str(name_or_path)!r} is neither a file nor a packaged cfg ({', '.join(packaged_cfgs())})"
+    )
+
+
+def read_cfg_text(name_or_path: str | Path) -> str:
+    return resolve_cfg(name_or_path).read_text()
+
+
+def build_model(cfg_text: str, num_classes: int) -> Darknet:
+    """Darknet built from cfg text (as stored in checkpoints) with ``num_classes`` classes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.cfg"
+        path.write_text(cfg_text)
+        return Darknet.from_cfg(path, num_classes=num_classes)
