@@ -1,0 +1,188 @@
+"""Darknet ``.weights`` files: read into and write from a ``Darknet`` model.
+
+Layout (darknet parser.c, ``save_weights_upto`` / ``load_weights_upto``): int32 major, minor, revision;
+then ``seen`` (images seen in training), int64 when (major*10 + minor) >= 2 and major < 1000 and
+minor < 1000, else int32; then for every [convolutional] in cfg order: with batch norm, bias, scale,
+running mean, running variance (``filters`` floats each) then the conv weights; without, the conv bias then
+the weights. All little-endian float32, nothing else in the file: the sizes come from the cfg.
+
+Only the head convolutions (before each [yolo]) change size with the class count, so the file's class
+count can be inferred from its length: a file written for another class count loads everything but the
+heads, which are re-initialised. A shorter file that ends exactly on a layer boundary is a prefix
+(darknet's ``darknet53.conv.74`` style backbone files) and loads those layers only.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from yololab.model.darknet import Darknet
+from yololab.model.layers import YOLO_BOX_ENTRIES, ConvLayer
+
+log = logging.getLogger(__name__)
+
+# Version written by AlexeyAB darknet (version.h: MAJOR 0, MINOR 2, PATCH 5): its seen is 64-bit.
+WRITE_VERSION = (0, 2, 5)
+FLOAT32 = np.dtype("<f4")
+FLOAT_BYTES = 4
+VERSION_FORMAT = "<3i"
+SEEN64_FORMAT, SEEN32_FORMAT = "<q", "<I"
+VERSION_LIMIT = 1000  # darknet reads major/minor >= 1000 as an old transposed format with a 32-bit seen
+
+
+class WeightsError(ValueError):
+    """A .weights file that does not fit the model; the message names the file."""
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    major: int
+    minor: int
+    revision: int
+    seen: int
+    nbytes: int  # header size: 16 or 20 bytes
+
+
+@dataclass
+class WeightsReport:
+    """What ``load_darknet_weights`` did. Layer indices are darknet's (0 = first layer after [net])."""
+
+    path: str
+    header: WeightsHeader
+    file_classes: int | None  # class count the file was written for (None for a prefix file)
+    loaded: list[int] = field(default_factory=list)
+    reinitialised: list[int] = field(default_factory=list)
+    total_conv_layers: int = 0
+
+    def summary(self) -> str:
+        text = (f"{self.path}: loaded {len(self.loaded)} of {self.total_conv_layers} conv layers "
+                f"(seen={self.header.seen})")
+        if self.file_classes is not None and self.reinitialised:
+            text += (f"; file has {self.file_classes} classes, re-initialised heads at layers "
+                     f"{self.reinitialised}")
+        elif self.file_classes is None:
+            text += f"; prefix file, layers {self.loaded[0]}..{self.loaded[-1]}" if self.loaded else ""
+        return text
+
+
+def seen_is_64bit(major: int, minor: int) -> bool:
+    """darknet's rule for the width of ``seen``."""
+    return (major * 10 + minor) >= 2 and major < VERSION_LIMIT and minor < VERSION_LIMIT
+
+
+def read_header(data: bytes, path: str) -> WeightsHeader:
+    """Parse the version and ``seen`` at the start of ``data``."""
+    version_bytes = struct.calcsize(VERSION_FORMAT)
+    if len(data) < version_bytes:
+        raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header")
+    major, minor, revision = struct.unpack_from(VERSION_FORMAT, data)
+    seen_format = SEEN64_FORMAT if seen_is_64bit(major, minor) else SEEN32_FORMAT
+    nbytes = version_bytes + struct.calcsize(seen_format)
+    if len(data) < nbytes:
+        raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header")
+    (seen,) = struct.unpack_from(seen_format, data, version_bytes)
+    return WeightsHeader(major, minor, revision, seen, nbytes)
+
+
+def conv_tensors(layer: ConvLayer) -> list[Tensor]:
+    """The tensors of one [convolutional] in file order."""
+    if layer.bn is not None:
+        bn = layer.bn
+        return [bn.bias, bn.weight, bn.running_mean, bn.running_var, layer.conv.weight]
+    return [layer.conv.bias, layer.conv.weight]
+
+
+def _numel(layer: ConvLayer) -> int:
+    return sum(t.numel() for t in conv_tensors(layer))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    file_classes: int | None
+    n_layers: int  # how many conv layers the file holds (all, or a prefix)
+
+
+def _plan(model: Darknet, n_floats: int, path: str) -> _Plan:
+    """Decide how the file's floats map to the model's conv layers."""
+    convs = model.conv_layers()
+    heads = dict(zip(model.head_indices, model.yolo_layers, strict=True))
+    fixed = sum(_numel(layer) for i, layer in convs if i not in heads)
+    # Floats of all heads per unit of (5 + classes): anchors x (weights per filter + bias or 4 BN values).
+    per_class_unit = sum(
+        yolo.num_anchors * (layer.conv.weight[0].numel() + (4 if layer.bn is not None else 1))
+        for i, layer in convs if i in heads for yolo in [heads[i]]
+    )
+    expected = fixed + per_class_unit * (YOLO_BOX_ENTRIES + model.num_classes)
+    if n_floats == expected:
+        return _Plan(model.num_classes, len(convs))
+    rest = n_floats - fixed
+    if rest > 0 and rest % per_class_unit == 0 and rest // per_class_unit > YOLO_BOX_ENTRIES:
+        return _Plan(rest // per_class_unit - YOLO_BOX_ENTRIES, len(convs))
+    total = 0
+    for k, (_, layer) in enumerate(convs[:-1], start=1):
+        total += _numel(layer)
+        if total == n_floats:
+            return _Plan(None, k)
+    raise WeightsError(
+        f"{path}: expected {expected} floats after the header for this model ({len(convs)} conv layers, "
+        f"{model.num_classes} classes; {fixed} + {per_class_unit} x (5 + classes) for another class count, "
+        f"or a prefix ending on a layer boundary), found {n_floats}"
+    )
+
+
+def load_darknet_weights(model: Darknet, path: str | Path) -> WeightsReport:
+    """Load a darknet .weights file into ``model`` (in place) and return what was loaded.
+
+    A file for another class count loads every layer but the heads, which are re-initialised with the bias
+    priors; a prefix file loads its layers only. Raises WeightsError naming the file and the expected and
+    found float counts when the length fits neither.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    header = read_header(data, str(path))
+    body = data[header.nbytes:]
+    if len(body) % FLOAT_BYTES:
+        raise WeightsError(f"{path}: {len(body)} bytes after the header is not a whole number of float32")
+    floats = np.frombuffer(body, dtype=FLOAT32)
+    plan = _plan(model, len(floats), str(path))
+    convs = model.conv_layers()
+    report = WeightsReport(str(path), header, plan.file_classes, total_conv_layers=len(convs))
+    reinit_heads = plan.file_classes is not None and plan.file_classes != model.num_classes
+    heads = model.head_indices
+    offset = 0
+    with torch.no_grad():
+        for index, layer in convs[:plan.n_layers]:
+            if reinit_heads and index in heads:
+                yolo = model.yolo_layers[heads.index(index)]
+                per_filter = layer.conv.weight[0].numel() + (4 if layer.bn is not None else 1)
+                offset += yolo.num_anchors * (YOLO_BOX_ENTRIES + plan.file_classes) * per_filter
+                report.reinitialised.append(index)
+                continue
+            for tensor in conv_tensors(layer):
+                chunk = torch.from_numpy(floats[offset:offset + tensor.numel()].copy())
+                tensor.copy_(chunk.view_as(tensor))
+                offset += tensor.numel()
+            report.loaded.append(index)
+    if reinit_heads:
+        model.reset_heads([heads.index(i) for i in report.reinitialised])
+    log.info(report.summary())
+    return report
+
+
+def save_darknet_weights(model: Darknet, path: str | Path, seen: int = 0) -> Path:
+    """Write ``model`` as a darknet .weights file (version 0.2.5, 64-bit ``seen``)."""
+    path = Path(path)
+    with path.open("wb") as f:
+        f.write(struct.pack(VERSION_FORMAT, *WRITE_VERSION))
+        f.write(struct.pack(SEEN64_FORMAT, seen))
+        for _, layer in model.conv_layers():
+            for tensor in conv_tensors(layer):
+                f.write(tensor.detach().cpu().numpy().astype(FLOAT32).tobytes())
+    return path
