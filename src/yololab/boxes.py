@@ -37,25 +37,23 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
-def _iou_parts(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Broadcast a [..., 4] and b [..., 4] (xyxy) -> (iou, union, enclosing-box corners [..., 4])."""
+def _iou_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Broadcast a [..., 4] and b [..., 4] (xyxy) -> (iou, union)."""
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
     union = box_area(a) + box_area(b) - inter
-    iou = inter / (union + EPS)
-    enclosing = torch.cat((torch.minimum(a[..., :2], b[..., :2]), torch.maximum(a[..., 2:], b[..., 2:])), -1)
-    return iou, union, enclosing
+    return inter / (union + EPS), union
 
 
 def _generalised(a: Tensor, b: Tensor, kind: str) -> Tensor:
     """IoU of the given kind for broadcastable a [..., 4], b [..., 4] xyxy -> [...]."""
     if kind not in IOU_KINDS:
         raise ValueError(f"unknown IoU kind {kind!r}; expected one of {IOU_KINDS}")
-    iou, union, enc = _iou_parts(a, b)
+    iou, union = _iou_union(a, b)
     if kind == "iou":
         return iou
-    enc_wh = (enc[..., 2:] - enc[..., :2]).clamp(min=0)
+    enc_wh = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0)
     if kind == "giou":
         enc_area = enc_wh.prod(-1)
         return iou - (enc_area - union) / (enc_area + EPS)

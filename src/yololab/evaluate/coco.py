@@ -8,8 +8,8 @@ Conventions:
 - ``dets``: one array per image, ``[K, 6]`` = ``x1, y1, x2, y2, score, class`` in pixels (what
   :func:`yololab.evaluate.nms` returns). ``truths``: one array per image, ``[M, 5]`` =
   ``class, x1, y1, x2, y2`` in pixels. Tensors (any device) or numpy arrays.
-- Image ``i`` becomes COCO image id ``i + 1`` and class ``c`` category id ``c + 1``; annotation ids start
-  at 1 too, because pycocotools treats id 0 as "not matched".
+- Annotation ids start at 1: pycocotools stores the id of the matched box and reads 0 as "no match".
+  Image ``i`` and class ``c`` become COCO ids ``i + 1`` and ``c + 1`` in the same 1-based habit.
 - ``mAP50`` / ``mAP50_95`` are COCO's AP@[.5] and AP@[.5:.95] (101-point interpolated, area "all",
   at most ``max_dets`` detections per image *and class*, as in COCOeval), averaged over the classes
   that have at least one truth.

@@ -9,10 +9,11 @@ Greedy NMS is the usual definition (darknet, torchvision ``batched_nms``): walk 
 descending score order; a candidate is kept unless a kept candidate of the same class overlaps it with
 IoU strictly greater than ``iou_thres``.
 
-The suppression loop runs once per *kept* box, for all images at once, and compares the kept box with
-the remaining candidates of its image: ``O(max_det * N)`` work and ``O(N)`` memory per image, instead of
-the ``N x N`` IoU matrix (400 MB for 10k candidates) that a matrix formulation needs. Since candidates are
-visited in score order, the loop stops after ``max_det`` kept boxes.
+Candidates are visited in score order in small blocks, all images at once: a block is first compared with
+the boxes kept so far (at most ``max_det``), then resolved exactly inside itself with a small IoU matrix.
+This needs ``O(N * (max_det + block))`` work and no ``N x N`` IoU matrix (400 MB for 10k candidates), and
+stops as soon as every image has ``max_det`` boxes, which is early when few candidates overlap (an
+untrained model).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ DEFAULT_MAX_DET = 300
 # where almost every prediction passes the confidence threshold.
 DEFAULT_MAX_CANDIDATES = 30000
 
+# Candidates resolved together: each block costs a [B, K, K] and a [B, max_det, K] IoU. For 16 images x
+# 10k candidates on one CPU thread, 32 and 64 were fastest, 128 ~20% and 1024 ~15x slower.
+_BLOCK = 64
 _BOX_DIMS = 4  # cx, cy, w, h
-_OUT_COLUMNS = 6  # x1, y1, x2, y2, score, class
 
 
 class NmsInputError(ValueError):
@@ -99,6 +102,11 @@ def _candidates(
         score, cls = scores.max(dim=1)
         box_idx = (score > conf_thres).nonzero(as_tuple=True)[0]
         score, cls = score[box_idx], cls[box_idx]
+    if len(score) > max_candidates:
+        # Sorting only what can make the cut is much faster (untrained models pass nearly everything);
+        # ">= k-th best" keeps the ties at the cut, so the stable sort below still decides them.
+        top = score >= torch.topk(score, max_candidates, sorted=False).values.min()
+        box_idx, cls, score = box_idx[top], cls[top], score[top]
     # Stable sort: equal scores keep their input order, so results do not depend on the sort backend.
     order = torch.sort(score, descending=True, stable=True).indices[:max_candidates]
     boxes = box_cxcywh_to_xyxy(pred[box_idx[order], :_BOX_DIMS])
@@ -121,8 +129,15 @@ def _pad(
     return boxes, scores, classes, valid
 
 
+def _suppresses(a: Tensor, a_cls: Tensor, b: Tensor, b_cls: Tensor, iou_thres: float) -> Tensor:
+    """``a [B, P, 4]`` xyxy with classes ``[B, P]`` vs ``b [B, K, 4]``, ``[B, K]`` -> ``[B, P, K]`` bool:
+    True where ``a`` would suppress ``b`` (same class, IoU > iou_thres)."""
+    iou = iou_elementwise(a[:, :, None, :], b[:, None, :, :])  # [B, P, K]
+    return (iou > iou_thres) & (a_cls[:, :, None] == b_cls[:, None, :])
+
+
 def _greedy_keep(boxes: Tensor, classes: Tensor, valid: Tensor, iou_thres: float, max_det: int) -> Tensor:
-    """Greedy NMS over score-sorted candidates of all images at once.
+    """Greedy NMS over score-sorted candidates of all images at once, one block of candidates at a time.
 
     Args:
         boxes: ``[B, L, 4]`` xyxy, each image's candidates sorted by descending score.
@@ -132,20 +147,58 @@ def _greedy_keep(boxes: Tensor, classes: Tensor, valid: Tensor, iou_thres: float
     Returns:
         ``[B, L]`` bool, True for kept candidates (at most ``max_det`` per image).
     """
-    n_images = boxes.shape[0]
-    rows = torch.arange(n_images, device=boxes.device)
-    alive = valid.clone()  # neither kept nor suppressed yet
+    n_images, length = valid.shape
     keep = torch.zeros_like(valid)
-    for _ in range(max_det):
-        if not bool(alive.any()):
+    n_kept = torch.zeros(n_images, dtype=torch.long, device=valid.device)
+    # Boxes kept in earlier blocks, compacted to the front: [B, <= max_det, ...].
+    kept_boxes, kept_cls, kept_valid = boxes[:, :0], classes[:, :0], valid[:, :0]
+    for start in range(0, length, _BLOCK):
+        if bool((n_kept >= max_det).all()):
             break
-        # The first alive candidate is the best remaining one: argmax returns the first maximal index.
-        best = alive.to(torch.uint8).argmax(dim=1)  # [B]
-        has_best = alive[rows, best]  # [B]; False for images already done
-        keep[rows, best] |= has_best
-        iou = iou_elementwise(boxes[rows, best][:, None, :], boxes)  # [B, L]
-        same_class = classes == classes[rows, best][:, None]
-        alive &= ~((iou > iou_thres) & same_class)
-        # A degenerate (zero-area) box has IoU 0 with itself, so retire it explicitly.
-        alive[rows, best] = False
+        block = slice(start, start + _BLOCK)
+        cand_boxes, cand_cls = boxes[:, block], classes[:, block]  # [B, K, 4], [B, K]
+        alive = valid[:, block] & (n_kept < max_det)[:, None]
+        if kept_boxes.shape[1]:
+            by_kept = _suppresses(kept_boxes, kept_cls, cand_boxes, cand_cls, iou_thres)  # [B, P, K]
+            alive &= ~(by_kept & kept_valid[..., None]).any(dim=1)
+        block_keep = _resolve_block(alive, _suppresses(cand_boxes, cand_cls, cand_boxes, cand_cls, iou_thres))
+        block_keep &= n_kept[:, None] + block_keep.cumsum(dim=1) <= max_det
+        keep[:, block] = block_keep
+        n_kept += block_keep.sum(dim=1)
+        kept_boxes, kept_cls, kept_valid = _compact(
+            torch.cat((kept_boxes, cand_boxes), 1),
+            torch.cat((kept_cls, cand_cls), 1),
+            torch.cat((kept_valid, block_keep), 1),
+            width=int(n_kept.max()),
+        )
     return keep
+
+
+def _resolve_block(alive: Tensor, suppress: Tensor) -> Tensor:
+    """Exact greedy NMS inside one score-sorted block, without a Python loop over its boxes.
+
+    Args:
+        alive: ``[B, K]`` candidates not suppressed by earlier blocks.
+        suppress: ``[B, K, K]`` True where candidate i would suppress candidate j.
+
+    Greedy NMS is the recursion ``keep[j] = alive[j] and no i < j with keep[i] and suppress[i, j]``.
+    Iterating that rule on the whole block (Cluster-NMS, Zheng et al. 2021) fixes at least one more
+    leading entry per pass, so it reaches the unique solution in at most K passes (a few in practice).
+    """
+    suppress = suppress.triu(diagonal=1)  # only higher-scoring (earlier) boxes suppress
+    keep = alive
+    while True:
+        updated = alive & ~(suppress & keep[:, :, None]).any(dim=1)
+        if torch.equal(updated, keep):
+            return keep
+        keep = updated
+
+
+def _compact(boxes: Tensor, classes: Tensor, valid: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Move each image's valid entries to the front (order kept) and cut to ``width`` columns."""
+    order = torch.sort(valid.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+    return (
+        boxes.gather(1, order[..., None].expand(-1, -1, boxes.shape[-1])),
+        classes.gather(1, order),
+        valid.gather(1, order),
+    )

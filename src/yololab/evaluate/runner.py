@@ -13,8 +13,9 @@ from yololab.model.coder import BoxCoder, decode_outputs
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Tensor, coder: BoxCoder, conf_thres: float, iou_thres: float,
-            max_det: int) -> list[Tensor]:
+def predict(
+    model: nn.Module, images: Tensor, coder: BoxCoder, conf_thres: float, iou_thres: float, max_det: int
+) -> list[Tensor]:
     """images [B, C, H, W] -> per image [K, 6] (x1, y1, x2, y2, score, class) in input pixels.
 
     ``model`` must expose ``anchors`` and ``strides`` (a Darknet does).
@@ -36,9 +37,16 @@ def truths_in_pixels(targets: Tensor, batch_size: int, input_hw: tuple[int, int]
     return out
 
 
-def evaluate_loader(model: nn.Module, loader: DataLoader, coder: BoxCoder, names: list[str],
-                    conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 100,
-                    device: str | torch.device = "cpu") -> dict:
+def evaluate_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    coder: BoxCoder,
+    names: list[str],
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 100,
+    device: str | torch.device = "cpu",
+) -> dict:
     """COCO mAP of ``model`` over every image of ``loader`` (the whole split, not a sample)."""
     model.eval().to(device)
     dets: list[Tensor] = []

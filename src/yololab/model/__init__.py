@@ -2,9 +2,9 @@
 
 from yololab.model.cfg import CfgError, CfgWarning, packaged_cfg, packaged_cfgs, parse_cfg, write_cfg
 from yololab.model.darknet import Darknet
-from yololab.model.weights import WeightsReport, load_darknet_weights, save_darknet_weights
+from yololab.model.weights import WeightsError, WeightsReport, load_darknet_weights, save_darknet_weights
 
 __all__ = [
-    "CfgError", "CfgWarning", "Darknet", "WeightsReport", "load_darknet_weights", "packaged_cfg", "packaged_cfgs",
-    "parse_cfg", "save_darknet_weights", "write_cfg",
+    "CfgError", "CfgWarning", "Darknet", "WeightsError", "WeightsReport", "load_darknet_weights",
+    "packaged_cfg", "packaged_cfgs", "parse_cfg", "save_darknet_weights", "write_cfg",
 ]

@@ -111,18 +111,18 @@ _NET = {
     "width": Key("int", 0), "height": Key("int", 0), "channels": Key("int", 0),
     "inputs": _fixed("int", None, "non-image inputs are not implemented"),
     **{k: _train("int") for k in (
-        "max_batches", "batch", "subdivisions", "time_steps", "track", "augment_speed", "sgdr_cycle", "sgdr_mult",
-        "sequential_subdivisions", "try_fix_nan", "weights_reject_freq", "equidistant_point", "use_cuda_graph",
-        "dynamic_minibatch", "optimized_memory", "adam", "max_crop", "min_crop", "flip", "blur", "gaussian_noise",
-        "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound", "contrastive", "contrastive_jit_flip",
-        "contrastive_color", "unsupervised", "attention", "burn_in", "step", "show_receptive_field", "notruth",
-        "center", "random", "noadjust",
+        "max_batches", "batch", "subdivisions", "time_steps", "track", "augment_speed", "sgdr_cycle",
+        "sgdr_mult", "sequential_subdivisions", "try_fix_nan", "weights_reject_freq", "equidistant_point",
+        "use_cuda_graph", "dynamic_minibatch", "optimized_memory", "adam", "max_crop", "min_crop", "flip",
+        "blur", "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound", "contrastive",
+        "contrastive_jit_flip", "contrastive_color", "unsupervised", "attention", "burn_in", "step",
+        "show_receptive_field", "notruth", "center", "random", "noadjust",
     )},
     **{k: _train("float") for k in (
         "learning_rate", "learning_rate_min", "momentum", "decay", "badlabels_rejection_percentage",
-        "num_sigmas_reject_badlabels", "ema_alpha", "loss_scale", "workspace_size_limit_MB", "B1", "B2", "eps",
-        "label_smooth_eps", "resize_step", "adversarial_lr", "max_chart_loss", "angle", "aspect", "saturation",
-        "exposure", "hue", "power", "scale", "gamma", "max_ratio", "min_ratio", "clip",
+        "num_sigmas_reject_badlabels", "ema_alpha", "loss_scale", "workspace_size_limit_MB", "B1", "B2",
+        "eps", "label_smooth_eps", "resize_step", "adversarial_lr", "max_chart_loss", "angle", "aspect",
+        "saturation", "exposure", "hue", "power", "scale", "gamma", "max_ratio", "min_ratio", "clip",
     )},
     "policy": _train("str", "constant"),
     "steps": _train("ints"),
@@ -137,9 +137,11 @@ _CONVOLUTIONAL = {
     "batch_normalize": Key("int", 0, check=lambda v: v in (0, 1), why="only 0 or 1 is implemented"),
     "stride_x": _fixed("int", -1, "must equal stride (non-square strides are not implemented)"),
     "stride_y": _fixed("int", -1, "must equal stride (non-square strides are not implemented)"),
-    "dilation": _fixed("int", 1), "antialiasing": _fixed("int", 0), "assisted_excitation": _fixed("float", 0.0),
+    "dilation": _fixed("int", 1), "antialiasing": _fixed("int", 0),
+    "assisted_excitation": _fixed("float", 0.0),
     "share_index": _fixed("int", None, "weight sharing is not implemented"),
-    "cbn": _fixed("int", 0), "binary": _fixed("int", 0), "xnor": _fixed("int", 0), "bin_output": _fixed("int", 0),
+    "cbn": _fixed("int", 0), "binary": _fixed("int", 0), "xnor": _fixed("int", 0),
+    "bin_output": _fixed("int", 0),
     "sway": _fixed("int", 0), "rotate": _fixed("int", 0), "stretch": _fixed("int", 0),
     "stretch_sway": _fixed("int", 0), "flipped": _fixed("int", 0), "coordconv": _fixed("int", 0),
     "reverse": _fixed("float", 0.0),
@@ -190,7 +192,8 @@ _YOLO = {
         "dets_for_show",
     )},
     "counters_per_class": _train("ints"),
-    "iou_loss": _train("str", "mse"), "iou_thresh_kind": _train("str", "iou"), "nms_kind": _train("str", "default"),
+    "iou_loss": _train("str", "mse"), "iou_thresh_kind": _train("str", "iou"),
+    "nms_kind": _train("str", "default"),
     "map": _train("str"),
 }
 
@@ -301,7 +304,7 @@ def _read_lines(path_or_text: str | Path) -> tuple[str, list[str]]:
     if isinstance(path_or_text, Path) or "\n" not in str(path_or_text):
         path = Path(path_or_text)
         try:
-            return str(path), path.read_text(encoding="utf-8").splitlines()
+            return str(path), path.read_text(encoding="utf-8-sig").splitlines()
         except OSError as exc:
             raise CfgError(path, None, f"cannot read cfg file: {exc.strerror or exc}") from exc
     return "<string>", str(path_or_text).splitlines()
@@ -331,13 +334,13 @@ def _add_option(section: CfgSection, text: str, number: int) -> None:
         warnings.warn(
             f"{file}:{number}: [{section.type}] {key!r} repeats line {section.options[key].line}; "
             "darknet keeps the first value, this one is ignored",
-            CfgWarning, stacklevel=4,
+            CfgWarning, stacklevel=3,
         )
         return
     spec = SCHEMAS[section.type].get(key)
     if spec is None:
         warnings.warn(f"{file}:{number}: [{section.type}] unused field {key!r} (darknet does not read it)",
-                      CfgWarning, stacklevel=4)
+                      CfgWarning, stacklevel=3)
         section.options[key] = CfgOption(raw, number)
         return
     try:
@@ -411,14 +414,14 @@ def write_cfg(sections: list[CfgSection], path: str | Path) -> Path:
 
 
 def packaged_cfgs() -> list[str]:
-    """Names of the cfgs shipped with yololab (``model/cfgs/*.cfg``)."""
+    """Names (file names without ``.cfg``) of the cfgs shipped with yololab (``model/cfgs/*.cfg``)."""
     root = resources.files(CFG_PACKAGE).joinpath(CFG_FOLDER)
-    return sorted(p.name for p in root.iterdir() if p.name.endswith(".cfg"))
+    return sorted(p.name.removesuffix(".cfg") for p in root.iterdir() if p.name.endswith(".cfg"))
 
 
 def packaged_cfg(name: str) -> Path:
     """Path of a shipped cfg, by file name with or without ``.cfg`` (e.g. ``"yolov3-tiny-small"``)."""
-    file = name if name.endswith(".cfg") else f"{name}.cfg"
-    if file not in packaged_cfgs():
+    stem = name.removesuffix(".cfg")
+    if stem not in packaged_cfgs():
         raise FileNotFoundError(f"no packaged cfg {name!r}; available: {', '.join(packaged_cfgs())}")
-    return Path(str(resources.files(CFG_PACKAGE).joinpath(CFG_FOLDER, file)))
+    return Path(str(resources.files(CFG_PACKAGE).joinpath(CFG_FOLDER, f"{stem}.cfg")))

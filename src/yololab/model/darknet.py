@@ -76,7 +76,8 @@ def set_num_classes(sections: list[CfgSection], num_classes: int) -> None:
         counters = yolo.get("counters_per_class")
         if counters is not None and len(counters) != num_classes:
             warnings.warn(f"{yolo.file}:{yolo.where('counters_per_class')}: counters_per_class has "
-                          f"{len(counters)} entries for {num_classes} classes; removed", CfgWarning, stacklevel=3)
+                          f"{len(counters)} entries for {num_classes} classes; removed",
+                          CfgWarning, stacklevel=3)
             yolo.remove("counters_per_class")
     _rewrite_head_filters(sections)
 
@@ -108,7 +109,8 @@ def set_anchors(sections: list[CfgSection], anchors: Sequence | Tensor) -> None:
         per_scale = [_anchor_pairs(a) for a in anchors]
         if len(per_scale) != len(positions):
             raise ValueError(f"{len(per_scale)} anchor sets given for {len(positions)} [yolo] layers")
-        order = sorted(range(len(per_scale)), key=lambda i: sum(w * h for w, h in per_scale[i]) / len(per_scale[i]))
+        mean_area = [sum(w * h for w, h in pairs) / len(pairs) for pairs in per_scale]
+        order = sorted(range(len(per_scale)), key=mean_area.__getitem__)
         full: list[list[float]] = []
         masks: dict[int, list[int]] = {}
         for i in order:
@@ -184,7 +186,8 @@ class Darknet(nn.Module):
                 raise sections[i].error("the layer before [yolo] must be a [convolutional] head")
         classes = {self.layers[i].num_classes for i in self.yolo_indices}
         if len(classes) > 1:
-            raise sections[self.yolo_indices[0]].error(f"[yolo] layers disagree on classes: {sorted(classes)}")
+            first = sections[self.yolo_indices[0]]
+            raise first.error(f"[yolo] layers disagree on classes: {sorted(classes)}")
         # Every layer's size must stay an integer: H must be a multiple of each factor's numerator.
         self.max_stride = math.lcm(*(s.stride.numerator for s in self.shapes))
         height, width = self.input_size
@@ -195,7 +198,7 @@ class Darknet(nn.Module):
             grid = (self.shapes[i].h, self.shapes[i].w)
             if grid != (height // self.layers[i].stride, width // self.layers[i].stride):
                 raise sections[i].error(f"grid {grid} at stride {self.layers[i].stride} does not tile the "
-                                        f"{height}x{width} input (check size/pad/padding of the layers before)")
+                                        f"{height}x{width} input (check size/pad/padding before it)")
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -241,7 +244,8 @@ class Darknet(nn.Module):
     @property
     def yolo_params(self) -> list[dict[str, Any]]:
         schema = SCHEMAS["yolo"]
-        return [{k: v for k, v in self.sections[i + 1].values().items() if k in schema and schema[k].role == "train"}
+        training = {k for k, spec in schema.items() if spec.role == "train"}
+        return [{k: v for k, v in self.sections[i + 1].values().items() if k in training}
                 for i in self.yolo_indices]
 
     def conv_layers(self) -> list[tuple[int, ConvLayer]]:

@@ -214,7 +214,8 @@ def build_convolutional(section: CfgSection, index: int, shapes: list[Shape], in
     if min(filters, size, stride, groups) < 1:
         raise section.error("filters, size, stride and groups must be >= 1")
     if x.c % groups or filters % groups:
-        raise section.error(f"groups={groups} must divide input channels {x.c} and filters {filters}", "groups")
+        raise section.error(f"groups={groups} must divide input channels {x.c} and filters {filters}",
+                            "groups")
     padding = size // 2 if section.value("pad") else section.value("padding")
     activation = section.value("activation")
     if _activation(activation) is None:
@@ -274,8 +275,9 @@ def build_shortcut(section: CfgSection, index: int, shapes: list[Shape], inp: Sh
     sources = [index - 1, *resolve_sources(section, "from", index, shapes)]
     for s in sources[1:]:
         if (shapes[s].c, shapes[s].h, shapes[s].w) != (x.c, x.h, x.w):
-            raise section.error(f"layer {s} is {shapes[s].c}x{shapes[s].h}x{shapes[s].w} but the previous layer "
-                                f"is {x.c}x{x.h}x{x.w}; darknet's mismatched-shape shortcut is not implemented",
+            other = shapes[s]
+            raise section.error(f"layer {s} is {other.c}x{other.h}x{other.w} but the previous layer is "
+                                f"{x.c}x{x.h}x{x.w}; darknet's mismatched-shape shortcut is not implemented",
                                 "from")
     activation = section.value("activation")
     if _activation(activation) is None:

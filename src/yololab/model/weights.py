@@ -33,7 +33,7 @@ WRITE_VERSION = (0, 2, 5)
 FLOAT32 = np.dtype("<f4")
 FLOAT_BYTES = 4
 VERSION_FORMAT = "<3i"
-SEEN64_FORMAT, SEEN32_FORMAT = "<q", "<I"
+SEEN64_FORMAT, SEEN32_FORMAT = "<Q", "<I"  # darknet: uint64_t / uint32_t
 VERSION_LIMIT = 1000  # darknet reads major/minor >= 1000 as an old transposed format with a 32-bit seen
 
 
@@ -184,5 +184,5 @@ def save_darknet_weights(model: Darknet, path: str | Path, seen: int = 0) -> Pat
         f.write(struct.pack(SEEN64_FORMAT, seen))
         for _, layer in model.conv_layers():
             for tensor in conv_tensors(layer):
-                f.write(tensor.detach().cpu().numpy().astype(FLOAT32).tobytes())
+                f.write(tensor.detach().float().cpu().numpy().astype(FLOAT32).tobytes())
     return path
