@@ -58,7 +58,7 @@ def _naive_paper_loss(raw, targets, anchors, strides, ignore_thresh):
     batch = raw[0].shape[0]
     all_anchors = [(s, a) for s, anc in enumerate(anchors) for a in range(len(anc))]
     responsible = {}
-    for t, (img, cls, cx, cy, w, h) in enumerate(targets.tolist()):
+    for t, (img, _cls, cx, cy, w, h) in enumerate(targets.tolist()):
         wp, hp = w * INPUT, h * INPUT
         fits = []
         for s, a in all_anchors:

@@ -71,6 +71,11 @@ class YoloDataModule(L.LightningDataModule):
             persistent_workers=self.workers > 0, pin_memory=torch.cuda.is_available(),
         )
 
+    def transfer_batch_to_device(self, batch: tuple, device: torch.device, dataloader_idx: int) -> tuple:
+        """Move images and targets; the per-image metadata (frozen dataclasses) stays on the host."""
+        images, targets, metas = batch
+        return images.to(device, non_blocking=True), targets.to(device, non_blocking=True), metas
+
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
 

@@ -119,7 +119,7 @@ class YoloLoss(nn.Module):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """Terms of one scale. r [B, A, H, W, 5 + C]. Returns (weighted, unweighted, stats)."""
         cfg = self.cfg
-        batch, n_anchor, grid_h, grid_w, _ = r.shape
+        batch, _, grid_h, grid_w, _ = r.shape
         stride = self.strides[i]
         anchors = self.anchors[i].to(r.device)
         b, a, gy, gx, t = assignment.at_scale(i)
@@ -131,7 +131,7 @@ class YoloLoss(nn.Module):
         cell = torch.stack((gx, gy), -1).to(r)
         pred_offset = self.coder.xy(p[:, :2])
         pred_wh = self.coder.wh(p[:, 2:4], anchors[a])
-        true_offset = tgt[:, 2:4] * torch.stack((torch.full_like(tgt[:, 2], grid_w), torch.full_like(tgt[:, 2], grid_h)), -1) - cell
+        true_offset = tgt[:, 2:4] * tgt.new_tensor([grid_w, grid_h]) - cell  # centre within its cell, in cells
         true_wh = tgt[:, 4:6] * input_wh
         pred_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + pred_offset) * stride, pred_wh), -1))
         true_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + true_offset) * stride, true_wh), -1))

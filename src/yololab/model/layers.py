@@ -20,10 +20,11 @@ from torch import Tensor, nn
 
 from yololab.model.cfg import CfgSection
 
-# darknet's GPU batch norm (batchnorm_layer.c, cudnnBatchNormalizationForwardTraining): exponential average
-# factor .01 and epsilon .00001; torch's momentum has the same meaning as cudnn's factor.
-BN_MOMENTUM = 0.01
-BN_EPS = 1e-5
+# Running-statistics momentum: darknet's GPU batch norm uses .01 (batchnorm_layer.c), which needs ~500 steps
+# before evaluation-mode statistics are usable; ultralytics' YOLOv3/v5 use .03, which suits short runs and
+# fine-tuning on few images. torch's momentum has the meaning of cudnn's exponential average factor.
+BN_MOMENTUM = 0.03
+BN_EPS = 1e-5  # darknet's epsilon
 LEAKY_SLOPE = 0.1  # darknet's leaky_activate: x > 0 ? x : .1 * x
 YOLO_BOX_ENTRIES = 5  # tx, ty, tw, th, objectness before the class logits
 
