@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from yololab.data import make_digits
 from yololab.engine.module import YoloModule
 from yololab.engine.train import train
 
+DDP_TIMEOUT_S = 240
 SMALL = ["data.imgsz=128", "data.batch=4", "data.workers=0", "model.cfg=yolov3-tiny-3l-small"]
 
 
@@ -102,8 +104,15 @@ def test_ddp_two_cpu_processes(digits, tmp_path):
            "--project", str(tmp_path), "--name", "ddp", "--progress", "none",
            *[f"--set={s}" for s in SMALL],
            "--set", "train.devices=2", "--set", "train.strategy=ddp", "--set", "train.accelerator=cpu"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Own process group, so a hang kills Lightning's worker process too, not only the launcher.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=DDP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in rows] == [(0, "train"), (0, "val")]  # written once, by rank 0
     # 16 training images, batch 4 per process, 2 processes: 2 optimiser steps per epoch.

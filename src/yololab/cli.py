@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from yololab.config import RunConfig, build_config, load_config
+from yololab.config import ConfigError, RunConfig, build_config, load_config
 
 app = typer.Typer(
     help="Train YOLOv3-family detectors and see what every part of the loss is doing.",
@@ -240,5 +242,23 @@ def demo(
     ]))
 
 
+def main() -> None:
+    """Console entry point: the project's input errors print as one clear line (file, line, problem) and exit
+    with status 2; set YOLOLAB_DEBUG=1 for the traceback."""
+    from yololab.data import DataError
+    from yololab.evaluate import EvaluationInputError
+    from yololab.model import CfgError, WeightsError
+
+    user_errors = (ConfigError, DataError, CfgError, WeightsError, EvaluationInputError, FileNotFoundError,
+                   FileExistsError)
+    try:
+        app()
+    except user_errors as err:
+        if os.environ.get("YOLOLAB_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -15,6 +15,10 @@ from yololab.loss.config import LossConfig
 from yololab.loss.presets import preset
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, wrong type, unreadable file."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,7 +81,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         node = out
         *parents, leaf = key.strip().split(".")
         for part in parents:
@@ -104,7 +108,7 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
     try:
         return RunConfig(**raw)
     except ValidationError as err:
-        raise ValueError(f"invalid configuration:\n{err}") from None
+        raise ConfigError(f"invalid configuration:\n{err}") from None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -113,11 +117,11 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
         return RunConfig(**data)
     except ValidationError as err:
-        raise ValueError(f"{path}: invalid configuration:\n{err}") from None
+        raise ConfigError(f"{path}: invalid configuration:\n{err}") from None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -10,6 +10,14 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+FILE_MODE = 0o666  # what open() would request before the umask
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file in the same folder, fsyncs, then renames over the target.
@@ -27,6 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, FILE_MODE & ~_umask())  # mkstemp creates 0600; give the usual permissions
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

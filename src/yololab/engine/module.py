@@ -84,8 +84,9 @@ class YoloModule(L.LightningModule):
         for key, value in br.stats.items():
             name, scale = key.split("/")
             weight = batch_size if name in COUNT_STATS + NEGATIVE_STATS else n_pos[int(scale[1:])]
-            if weight > 0:
-                self.log(f"{split}/stat/{key}", value, **{**opts, "batch_size": weight})
+            # Every process logs every key (DDP reduces them together); a stat without samples has weight 0.
+            value = value if weight > 0 else torch.zeros_like(value)
+            self.log(f"{split}/stat/{key}", value, **{**opts, "batch_size": weight})
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from yololab.config import RunConfig, save_config
 from yololab.data import load_data_yaml
@@ -36,8 +37,9 @@ class TrainResult:
 def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
     ckpt_dir = cfg.run_dir / "checkpoints"
     callbacks: list[L.Callback] = [
-        # last.ckpt at every epoch end, whatever the validation schedule.
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1),
+        # last.ckpt at every epoch end, whatever the validation schedule (no monitor: the newest is kept).
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
+                        enable_version_counter=False, save_on_train_epoch_end=True),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
         MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
@@ -67,7 +69,9 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.exists():
         raise FileNotFoundError(f"cannot resume: {last} does not exist")
-    if not resume and (run_dir / "config.yaml").exists():
+    # Under DDP, Lightning re-runs this command in each extra process: only the first one prepares the folder.
+    first_process = rank_zero_only.rank == 0
+    if first_process and not resume and (run_dir / "config.yaml").exists():
         if not exist_ok:
             raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
         shutil.rmtree(run_dir)
@@ -81,8 +85,9 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     data = YoloDataModule(cfg.data.data, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels, seed=cfg.train.seed)
     data.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if first_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
 
     trainer = L.Trainer(
         default_root_dir=run_dir,
