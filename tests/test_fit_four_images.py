@@ -8,8 +8,9 @@ from yololab.evaluate.runner import predict, truths_in_pixels
 from yololab.loss import YoloLoss, preset
 from yololab.model import Darknet, packaged_cfg
 
-STEPS = 150
+STEPS = 250  # measured: mAP@0.5 on the 4 images reaches 0.95 by step 200 and 1.0 by 250
 IMG = 128
+LR = 3e-3
 
 
 def test_loss_fits_four_images(tmp_path):
@@ -22,7 +23,7 @@ def test_loss_fits_four_images(tmp_path):
 
     model = Darknet.from_cfg(packaged_cfg("yolov3-tiny-3l-small"), num_classes=10)
     loss = YoloLoss(preset("yololab"), model.anchors, model.strides, 10)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=LR)
     first = None
     for _ in range(STEPS):
         breakdown = loss(model(batch_images), targets)
@@ -37,4 +38,4 @@ def test_loss_fits_four_images(tmp_path):
     dets = predict(model, batch_images, loss.coder, conf_thres=0.001, iou_thres=0.6, max_det=100)
     truths = truths_in_pixels(targets, 4, (IMG, IMG))
     result = coco_map(dets, truths, num_classes=10)
-    assert result["mAP50"] > 0.8, result
+    assert result["mAP50"] > 0.9, result

@@ -28,7 +28,8 @@ DEMO_DEFAULTS = {
     "name": "demo",
     "data": {"imgsz": 256, "batch": 16},
     "model": {"cfg": "yolov3-tiny-3l-small"},
-    "train": {"epochs": 12},
+    "optim": {"lr": 3e-3},
+    "train": {"epochs": 10},
 }
 
 
