@@ -54,7 +54,7 @@ def test_collision_keeps_best_fitting_truth():
 
 
 def _naive_paper_loss(raw, targets, anchors, strides, ignore_thresh):
-    """Per-cell loops: YOLOv3 paper loss with sums, averaged over images (independent of the vectorised code)."""
+    """Per-cell loops: the YOLOv3 paper loss, summed and averaged over images (independent of the vectorised code)."""
     batch = raw[0].shape[0]
     all_anchors = [(s, a) for s, anc in enumerate(anchors) for a in range(len(anc))]
     responsible = {}
@@ -87,7 +87,8 @@ def _naive_paper_loss(raw, targets, anchors, strides, ignore_thresh):
                         if key in responsible:
                             _, c, cx, cy, w, h = targets[responsible[key]].tolist()
                             ox, oy = cx * gw - gx, cy * gh - gy
-                            xy += (1 / (1 + math.exp(-p[0])) - ox) ** 2 + (1 / (1 + math.exp(-p[1])) - oy) ** 2
+                            # The paper's t-hat: the raw tx against the logit of the target offset.
+                            xy += (p[0] - math.log(ox / (1 - ox))) ** 2 + (p[1] - math.log(oy / (1 - oy))) ** 2
                             wh += (p[2] - math.log(w * INPUT / aw)) ** 2 + (p[3] - math.log(h * INPUT / ah)) ** 2
                             obj += -math.log(sig_o)
                             for k in range(len(p) - 5):

@@ -1,23 +1,30 @@
 """LossConfig: every choice that published YOLOv3 losses disagree on, as a named field.
 
 Each field's description says which reference uses which value, so a preset (``loss/presets.py``) is a
-documented list of choices rather than a different code path.
+documented list of choices rather than a different code path. References: the YOLOv3 paper (Redmon & Farhadi
+2018), darknet (AlexeyAB), keras-yolo3 (experiencor), TF2 YOLOv3 (seed 004), ultralytics YOLOv3/v5, and the
+from-scratch implementation of seed 002 (``compute_loss`` / ``compute_loss2``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-AssignRule = Literal["best_anchor", "iou_threshold"]
+AssignRule = Literal["best_anchor", "iou_threshold", "ratio", "ratio_sum", "best_pred_iou"]
+Collisions = Literal["best_fit", "keep_all"]
 BoxLoss = Literal["mse", "iou", "giou", "diou", "ciou"]
-ObjLoss = Literal["bce", "mse"]
+XyLoss = Literal["mse_sigmoid", "mse_logit", "bce"]
+WhLoss = Literal["mse_log", "mse_linear"]
+SmallBoxWeight = Literal["none", "linear", "squared"]
+ObjLoss = Literal["bce", "mse", "focal"]
 ObjTarget = Literal["one", "iou"]
-ClsLoss = Literal["bce", "softmax_ce"]
-Reduction = Literal["sum", "mean"]
+ClsLoss = Literal["bce", "softmax_ce", "mse_softmax"]
+Reduction = Literal["sum", "image_mean", "mean", "elementwise_mean"]
 Aggregation = Literal["sum", "sqrt"]
 Coder = Literal["yolov3", "scaled", "ultralytics"]
+TermName = Literal["xy", "wh", "box", "obj", "noobj", "cls"]
 
 
 class LossConfig(BaseModel):
@@ -25,69 +32,135 @@ class LossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # ---- box coder
     coder: Coder = Field("yolov3", description="Box coder (model/coder.py); the loss and inference share it.")
     scale_x_y: float = Field(1.0, description="darknet scale_x_y for the 'scaled' coder (YOLOv4 uses 1.05-1.2).")
 
+    # ---- assignment (loss/assign.py)
     assign: AssignRule = Field(
         "iou_threshold",
-        description="Which anchors are responsible for a truth. 'best_anchor': the single anchor of all scales "
-        "with the best shape IoU (the paper, keras-yolo3). 'iou_threshold': the best anchor plus every anchor "
-        "whose shape IoU exceeds iou_thresh (darknet's iou_thresh, AlexeyAB cfgs use 0.213).",
+        description="Which anchors are responsible for a truth. 'best_anchor': the one anchor of all scales with "
+        "the best shape IoU (the paper, darknet yolov3.cfg, keras-yolo3). 'iou_threshold': the best anchor plus "
+        "every anchor whose shape IoU exceeds iou_thresh (darknet iou_thresh, TF2 YOLOv3's 0.3). 'ratio': every "
+        "anchor of every scale with max(w/a, a/w, h/b, b/h) < anchor_t (ultralytics). 'ratio_sum': per scale the "
+        "anchor with the smallest |w/a - 1| + |h/b - 1|, if below ratio_sum_thresh (seed 002 compute_loss). "
+        "'best_pred_iou': the scale and anchor whose current prediction at the truth's cell overlaps it most "
+        "(seed 002 compute_loss2).",
     )
-    iou_thresh: float = Field(0.213, description="Shape-IoU threshold of the 'iou_threshold' rule (darknet).")
+    iou_thresh: float = Field(0.213, description="Shape-IoU threshold of 'iou_threshold' (darknet cfgs: 0.213).")
+    anchor_t: float = Field(4.0, gt=1, description="Size-ratio limit of 'ratio' (ultralytics anchor_t 4.0).")
+    ratio_sum_thresh: float = Field(2.0, gt=0, description="Limit of 'ratio_sum' (seed 002: 2, 'empirical').")
+    neighbour_cells: bool = Field(
+        False, description="Also make the two cells nearest to the truth's centre responsible (ultralytics' "
+        "0.5 offsets). Their targets lie outside (0, 1) cells, so this needs the 'ultralytics' or 'scaled' coder.",
+    )
+    collisions: Collisions = Field(
+        "best_fit", description="Two truths on one anchor of one cell: 'best_fit' keeps the truth with the higher "
+        "anchor shape IoU (ties: the first listed); 'keep_all' keeps every pair (ultralytics).",
+    )
 
+    # ---- box terms
     box_loss: BoxLoss = Field(
         "giou",
-        description="'mse': squared error of the decoded xy offset and of log(w/anchor), log(h/anchor) "
-        "(darknet's default, keras-yolo3) giving the xy and wh terms; 'iou'/'giou'/'diou'/'ciou': 1 - IoU of "
-        "the kind (darknet iou_loss, TF2 YOLOv3 uses giou, ultralytics ciou) giving the box term.",
+        description="'mse': separate xy and wh terms (see xy_loss, wh_loss; darknet's default, keras-yolo3, the "
+        "paper); 'iou'/'giou'/'diou'/'ciou': one box term 1 - IoU of that kind (seed 002 'iou', TF2 YOLOv3 "
+        "'giou', darknet iou_loss, ultralytics 'ciou').",
     )
-    small_box_weight: bool = Field(
-        True,
-        description="Multiply each positive's box loss by 2 - w*h (box area relative to the input), as "
-        "keras-yolo3 and TF2 YOLOv3 do, so small boxes weigh up to twice as much.",
+    xy_loss: XyLoss = Field(
+        "mse_sigmoid",
+        description="xy term of box_loss='mse'. 'mse_sigmoid': squared error of the decoded offset (keras-yolo3, "
+        "seed 002). 'mse_logit': squared error of raw tx against logit(offset) (the paper's t-hat). 'bce': "
+        "binary cross-entropy of the logit against the offset, written as KL so its minimum is 0: its gradient "
+        "is darknet's delta (offset - sigmoid(tx)) applied directly to tx.",
+    )
+    wh_loss: WhLoss = Field(
+        "mse_log",
+        description="wh term of box_loss='mse'. 'mse_log': squared error of log(w/anchor) (darknet, keras-yolo3, "
+        "the paper). 'mse_linear': squared error of w, h in grid cells (seed 002, with wh_weight 0.1).",
+    )
+    small_box_weight: SmallBoxWeight = Field(
+        "linear",
+        description="Weight 2 - w*h (box area relative to the input) on each positive's box terms. 'linear': as "
+        "a loss factor (darknet's delta scale, TF2 YOLOv3); 'squared': inside the square (keras-yolo3 multiplies "
+        "the delta before squaring); 'none' (paper, ultralytics, seed 002).",
     )
 
+    # ---- objectness
     obj_loss: ObjLoss = Field(
-        "bce", description="'bce' on the logit (darknet's logistic delta, ultralytics); 'mse' on the sigmoid "
-        "(keras-yolo3)."
+        "bce", description="'bce' on the logit (darknet's logistic delta, ultralytics, seed 002); 'mse' on the "
+        "sigmoid (keras-yolo3); 'focal' = BCE x alpha_t x (1 - p_t)^gamma (Lin et al. 2017).",
     )
+    focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (RetinaNet 2.0; ultralytics fl_gamma 1.5).")
+    focal_alpha: float = Field(0.25, gt=0, lt=1, description="Focal loss alpha for positives (RetinaNet 0.25).")
     obj_target: ObjTarget = Field(
-        "one", description="Objectness target at responsible predictions: 'one' (paper, darknet, keras-yolo3) "
-        "or 'iou' = the detached, clamped IoU of the prediction with its truth (ultralytics)."
+        "one", description="Objectness target at responsible predictions: 'one' (paper, darknet, keras-yolo3) or "
+        "'iou' = the detached, clamped IoU of the prediction with its truth (ultralytics, seed 002 option).",
+    )
+    obj_iou_mix: float = Field(
+        1.0, ge=0, le=1, description="With obj_target='iou': target = (1 - mix) + mix * IoU (ultralytics 'gr', 1.0).",
+    )
+    obj_pos_weight: float | Literal["auto"] = Field(
+        1.0, description="Weight of the positive part of the objectness loss (BCE pos_weight). 'auto' = "
+        "(predictions per image - truths in the batch) / truths * 0.5 (seed 002).",
     )
     ignore_thresh: float = Field(
         0.5,
-        description="Predictions not responsible for a truth whose decoded box has IoU > ignore_thresh with "
-        "any truth of the image get no noobj loss (darknet 0.7 in yolov3.cfg, paper and keras-yolo3 0.5). "
-        "1.0 disables ignoring.",
+        description="Predictions not responsible for a truth whose decoded box has IoU > ignore_thresh with any "
+        "truth of the image get no noobj loss (darknet yolov3.cfg 0.7, paper and keras-yolo3 0.5). 1.0 "
+        "disables ignoring (ultralytics, seed 002).",
     )
 
+    # ---- classes
     cls_loss: ClsLoss = Field(
-        "bce", description="'bce': independent logistic per class (the paper, darknet, ultralytics); "
-        "'softmax_ce': softmax cross-entropy (keras-yolo3), identically 0 with one class."
+        "bce", description="'bce': independent logistic per class (paper, darknet, ultralytics, TF2 YOLOv3); "
+        "'softmax_ce': softmax cross-entropy (keras-yolo3), identically 0 with one class; 'mse_softmax': squared "
+        "error of the softmax against the one-hot truth (seed 003), also 0 with one class.",
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Class label smoothing epsilon.")
 
+    # ---- weights
     xy_weight: float = Field(1.0, ge=0, description="Weight of the xy term (box_loss='mse').")
     wh_weight: float = Field(1.0, ge=0, description="Weight of the wh term (box_loss='mse').")
     box_weight: float = Field(1.0, ge=0, description="Weight of the box term (IoU-family box losses).")
     obj_weight: float = Field(1.0, ge=0, description="Weight of objectness at responsible predictions (conf1).")
     noobj_weight: float = Field(1.0, ge=0, description="Weight of objectness elsewhere (conf2).")
     cls_weight: float = Field(1.0, ge=0, description="Weight of the class term.")
-    scale_weights: list[float] | None = Field(
+    scale_weights: list[float] | dict[int, float] | None = Field(
         None,
-        description="Per-scale multipliers of the objectness terms in cfg order (ultralytics' balance "
-        "[4.0, 1.0, 0.4] from the finest scale up); None = all 1 (the paper, darknet, keras-yolo3).",
+        description="Per-scale multipliers of the terms in scale_weight_terms: a list in cfg order, or a dict "
+        "stride -> weight (strides not listed get 1). ultralytics' balance is {8: 4.0, 16: 1.0, 32: 0.4}; "
+        "keras-yolo3 grid_scales [1, 1, 1]; None = all 1.",
+    )
+    scale_weight_terms: list[TermName] = Field(
+        ["obj", "noobj"], description="Terms multiplied by scale_weights (ultralytics balances objectness only).",
     )
 
+    # ---- reduction and aggregation
     reduction: Reduction = Field(
         "mean",
-        description="'sum': every term summed over predictions and averaged over images (darknet, "
-        "keras-yolo3). 'mean': box and class terms averaged over positives, obj and noobj summed and divided "
-        "by the number of predictions of the scale, all multiplied by the batch size (ultralytics).",
+        description="'sum': summed over the batch. 'image_mean': summed, divided by the batch size (darknet's "
+        "update, keras-yolo3, TF2 YOLOv3). 'mean': box terms averaged over positives, class over positives x "
+        "classes, obj and noobj summed and divided by the predictions of the scale, all times the batch size "
+        "(ultralytics). 'elementwise_mean': each term the mean over its elements, as torch's default "
+        "reduction (seed 002).",
     )
     aggregation: Aggregation = Field(
-        "sum", description="How terms make the total: 'sum', or 'sqrt' = sum over scales of the square root "
-        "of that scale's summed terms (keras-yolo3's `tf.sqrt(tf.reduce_sum(loss))` per scale)."
+        "sum", description="How terms make the total: 'sum', or 'sqrt' = sum over scales of the square root of "
+        "that scale's summed terms (keras-yolo3's `tf.sqrt(tf.reduce_sum(loss))` per scale).",
     )
+
+    # ---- warm-up
+    warmup_batches: int = Field(
+        0, ge=0,
+        description="Anchor-prior warm-up (keras-yolo3 warmup_batches): during the first N training batches, "
+        "predictions without a truth are also pulled to their cell centre and anchor size by the box terms.",
+    )
+
+    @model_validator(mode="after")
+    def _compatible(self) -> LossConfig:
+        if self.neighbour_cells and self.coder == "yolov3":
+            raise ValueError("neighbour_cells needs the 'ultralytics' or 'scaled' coder: a neighbour cell's target "
+                             "offset lies outside (0, 1), which sigmoid(tx) cannot reach")
+        if self.box_loss == "mse" and self.xy_loss != "mse_sigmoid" and self.coder != "yolov3":
+            raise ValueError(f"xy_loss={self.xy_loss!r} compares tx with an offset in (0, 1): use the yolov3 coder")
+        return self

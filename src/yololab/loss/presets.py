@@ -1,6 +1,7 @@
 """Named presets: a coder plus a loss configuration, each reproducing a known implementation.
 
-Each entry names its source. ``yololab`` is the recommended default.
+Each entry names its source. Fields not listed take LossConfig's defaults. ``yololab`` is the recommended
+default; see docs/loss.md for the measurements behind it.
 """
 
 from __future__ import annotations
@@ -9,37 +10,68 @@ from typing import Any
 
 from yololab.loss.config import LossConfig
 
+ULTRALYTICS_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4}  # ultralytics' objectness balance by stride (P3, P4, P5)
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # Recommended default: GIoU boxes (robust for tiny objects), BCE objectness averaged over predictions
-    # (keeps objectness elsewhere low on sparse images), darknet's multi-anchor rule.
+    # Recommended default: darknet's multi-anchor rule, GIoU boxes with the small-box factor (robust for tiny
+    # objects), BCE objectness averaged over predictions (keeps objectness elsewhere low on sparse images),
+    # ultralytics' weights for mean reduction.
     "yololab": dict(
-        coder="yolov3", assign="iou_threshold", iou_thresh=0.213, box_loss="giou", small_box_weight=True,
+        coder="yolov3", assign="iou_threshold", iou_thresh=0.213, box_loss="giou", small_box_weight="linear",
         obj_loss="bce", obj_target="one", ignore_thresh=0.5, cls_loss="bce", reduction="mean",
         box_weight=0.05, obj_weight=1.0, noobj_weight=1.0, cls_weight=0.5,
     ),
-    # YOLOv3 paper (Redmon & Farhadi 2018): one anchor per truth, squared error on offsets and log sizes,
-    # logistic objectness and classes, ignore at 0.5, sums.
+    # YOLOv3 paper (Redmon & Farhadi 2018): one anchor per truth, squared error on t (raw tx against
+    # logit(offset), tw against log(w/anchor)), logistic objectness and classes, ignore at 0.5.
     "paper": dict(
-        coder="yolov3", assign="best_anchor", box_loss="mse", small_box_weight=False, obj_loss="bce",
-        obj_target="one", ignore_thresh=0.5, cls_loss="bce", reduction="sum",
+        coder="yolov3", assign="best_anchor", box_loss="mse", xy_loss="mse_logit", wh_loss="mse_log",
+        small_box_weight="none", obj_loss="bce", obj_target="one", ignore_thresh=0.5, cls_loss="bce",
+        reduction="image_mean",
     ),
-    # AlexeyAB darknet yolov3.cfg: iou_thresh 0.213 multi-anchor, ignore_thresh 0.7, MSE boxes, 2 - wh scale.
+    # AlexeyAB darknet, yolov3.cfg: iou_thresh unset (1.0) -> best anchor only, ignore_thresh 0.7, MSE boxes
+    # with delta scale 2 - w*h, logistic deltas applied to the logits (= BCE gradients for x, y, obj, class).
     "darknet": dict(
-        coder="yolov3", assign="iou_threshold", iou_thresh=0.213, box_loss="mse", small_box_weight=True,
-        obj_loss="bce", obj_target="one", ignore_thresh=0.7, cls_loss="bce", reduction="sum",
+        coder="yolov3", assign="best_anchor", box_loss="mse", xy_loss="bce", wh_loss="mse_log",
+        small_box_weight="linear", obj_loss="bce", obj_target="one", ignore_thresh=0.7, cls_loss="bce",
+        reduction="image_mean",
     ),
-    # ultralytics YOLOv3/v5 hyp defaults: CIoU, IoU objectness target, balance 4/1/0.4, means x batch size.
+    # experiencor keras-yolo3 config.json: best anchor, xy on sigmoid and raw log-wh with 2 - w*h inside the
+    # square, MSE on the sigmoid objectness with obj_scale 5 / noobj_scale 1 (also inside the square, so the
+    # loss weight is 5^2 = 25), softmax classes, ignore 0.5, per-scale sqrt of sums. Its warmup_batches =
+    # warmup_epochs (3) x batches per epoch: set it per dataset.
+    "keras-yolo3": dict(
+        coder="yolov3", assign="best_anchor", box_loss="mse", xy_loss="mse_sigmoid", wh_loss="mse_log",
+        small_box_weight="squared", obj_loss="mse", obj_target="one", ignore_thresh=0.5, cls_loss="softmax_ce",
+        reduction="image_mean", aggregation="sqrt", obj_weight=25.0, noobj_weight=1.0,
+    ),
+    # TF2 YOLOv3 (seed 004): anchors with IoU > 0.3 (else the best), GIoU with bbox_loss_scale 2 - wh/size^2,
+    # sigmoid cross-entropy objectness with background ignored at IoU 0.5, sigmoid classes, per-image sums.
+    "tf2-yolov3": dict(
+        coder="yolov3", assign="iou_threshold", iou_thresh=0.3, box_loss="giou", small_box_weight="linear",
+        obj_loss="bce", obj_target="one", ignore_thresh=0.5, cls_loss="bce", reduction="image_mean",
+    ),
+    # ultralytics YOLOv3/v5 hyp defaults: ratio rule anchor_t 4 with neighbour cells, 2σ coder, CIoU, IoU
+    # objectness target (gr 1.0), balance 4 / 1 / 0.4, box 0.05, obj 1.0, cls 0.5, means x batch size.
+    # (ultralytics further scales cls by classes/80 and obj by (imgsz/640)^2 in its trainer.)
     "ultralytics": dict(
-        coder="ultralytics", assign="iou_threshold", iou_thresh=0.25, box_loss="ciou", small_box_weight=False,
-        obj_loss="bce", obj_target="iou", ignore_thresh=1.0, cls_loss="bce", reduction="mean",
+        coder="ultralytics", assign="ratio", anchor_t=4.0, neighbour_cells=True, collisions="keep_all",
+        box_loss="ciou", small_box_weight="none", obj_loss="bce", obj_target="iou", obj_iou_mix=1.0,
+        ignore_thresh=1.0, cls_loss="bce", reduction="mean", scale_weights=ULTRALYTICS_BALANCE,
         box_weight=0.05, obj_weight=1.0, noobj_weight=1.0, cls_weight=0.5,
     ),
-    # experiencor keras-yolo3 config.json: best anchor, MSE on sigmoid objectness with obj_scale 5,
-    # noobj_scale 1, xywh_scale 1, class_scale 1, softmax classes, 2 - wh scale, per-scale sqrt of sums.
-    "keras-yolo3": dict(
-        coder="yolov3", assign="best_anchor", box_loss="mse", small_box_weight=True, obj_loss="mse",
-        obj_target="one", ignore_thresh=0.5, cls_loss="softmax_ce", reduction="sum", aggregation="sqrt",
-        obj_weight=5.0, noobj_weight=1.0,
+    # seed 002 compute_loss (bbox_loss='iou', obj_label='1' defaults): per scale the anchor with the smallest
+    # |r - 1| sum below 2, 1 - IoU boxes, BCE objectness with pos_weight (n_preds - n_labels)/n_labels/2,
+    # BCE classes, each term torch's mean. bbox_loss='mse': box_loss='mse', wh_loss='mse_linear', wh_weight 0.1.
+    "scratch-ratio": dict(
+        coder="yolov3", assign="ratio_sum", ratio_sum_thresh=2.0, box_loss="iou", small_box_weight="none",
+        xy_loss="mse_sigmoid", wh_loss="mse_linear", wh_weight=0.1, obj_loss="bce", obj_target="one",
+        obj_pos_weight="auto", ignore_thresh=1.0, cls_loss="bce", reduction="elementwise_mean",
+    ),
+    # seed 002 compute_loss2: the scale and anchor whose current prediction overlaps the truth most.
+    "scratch-best-iou": dict(
+        coder="yolov3", assign="best_pred_iou", box_loss="iou", small_box_weight="none",
+        xy_loss="mse_sigmoid", wh_loss="mse_linear", wh_weight=0.1, obj_loss="bce", obj_target="one",
+        obj_pos_weight="auto", ignore_thresh=1.0, cls_loss="bce", reduction="elementwise_mean",
     ),
 }
 

@@ -1,0 +1,173 @@
+"""What the loss costs next to the network it trains.
+
+For every loss preset: forward + backward of ``YoloLoss`` alone on random raw outputs shaped like yolov3-tiny's
+heads (batch 16, 416x416), in a dense case (80 classes, 10 truths per image) and a sparse one (1 class,
+3 truths per image), against one forward + backward step of yolov3-tiny itself on the same batch. The network
+step uses a trivial loss (the sum of all raw outputs), so it is the network's cost alone and the ratio reads
+as "loss time / network time".
+
+    .venv/bin/python benchmarks/loss.py [--repeats N] [--quick] [--profile PRESET]
+
+``--profile PRESET`` also prints the torch operators that take the time in that preset's loss (both cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from yololab.loss import PRESETS, YoloLoss, preset
+from yololab.model import Darknet
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = ROOT / "tests" / "data" / "darknet-cfg" / "yolov3-tiny.cfg"
+BATCH = 16
+IMAGE_SIZE = 416  # yolov3-tiny.cfg's width and height
+SEED = 0
+# Box sides drawn uniformly in this range, as fractions of the input side (about 8 to 208 pixels at 416).
+MIN_BOX_SIDE, MAX_BOX_SIDE = 0.02, 0.5
+
+TARGET_SHARE = 0.02  # the loss should cost at most 2 % of the network step...
+STRETCH_SHARE = 0.01  # ...ideally at most 1 %
+
+LOSS_WARMUP = 3
+DEFAULT_REPEATS = 20
+QUICK_REPEATS = 5
+# The network step takes seconds on a small CPU: one warm-up, then a few timed steps per case.
+NET_WARMUP = 1
+NET_REPEATS = 3
+QUICK_NET_REPEATS = 1
+PROFILE_STEPS = 5
+PROFILE_ROWS = 15
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    num_classes: int
+    truths_per_image: int
+
+
+CASES = (
+    Case("dense", num_classes=80, truths_per_image=10),  # COCO's class count
+    Case("sparse", num_classes=1, truths_per_image=3),  # a single-class detector on sparse images
+)
+
+
+def random_targets(case: Case, generator: torch.Generator) -> Tensor:
+    """[BATCH * truths_per_image, 6] (image, class, cx, cy, w, h) normalised, every box inside the image."""
+    n = BATCH * case.truths_per_image
+    image = torch.arange(BATCH).repeat_interleave(case.truths_per_image).float()
+    cls = torch.randint(case.num_classes, (n,), generator=generator).float()
+    wh = MIN_BOX_SIDE + (MAX_BOX_SIDE - MIN_BOX_SIDE) * torch.rand(n, 2, generator=generator)
+    centre = wh / 2 + (1 - wh) * torch.rand(n, 2, generator=generator)
+    return torch.cat((image[:, None], cls[:, None], centre, wh), 1)
+
+
+def random_raw(model: Darknet, num_classes: int, generator: torch.Generator) -> list[Tensor]:
+    """Leaf logits shaped like the model's heads: per scale [BATCH, A, S/stride, S/stride, 5 + C]."""
+    return [
+        torch.randn(BATCH, len(a), IMAGE_SIZE // s, IMAGE_SIZE // s, 5 + num_classes, generator=generator)
+        .requires_grad_(True)
+        for a, s in zip(model.anchors, model.strides, strict=True)
+    ]
+
+
+def median_ms(step: Callable[[], None], warmup: int, repeats: int) -> float:
+    """Median wall time of ``step`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def loss_step(loss: YoloLoss, raw: list[Tensor], targets: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        for r in raw:
+            r.grad = None
+        loss(raw, targets).total.backward()
+
+    return step
+
+
+def network_step(model: Darknet, images: Tensor) -> Callable[[], None]:
+    """model(images) -> sum of all raw outputs -> backward: the network's own cost, no loss."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.stack([r.sum() for r in model(images)]).sum().backward()
+
+    return step
+
+
+def profile(name: str, step: Callable[[], None]) -> None:
+    """Print the operators with the largest self CPU time over PROFILE_STEPS steps (after one warm-up)."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(PROFILE_STEPS):
+            step()
+    print(f"\n### profile: {name} (times summed over {PROFILE_STEPS} steps)\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=PROFILE_ROWS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed loss repeats per preset and case (default {DEFAULT_REPEATS}, "
+                             f"--quick {QUICK_REPEATS})")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, one timed network step per case")
+    parser.add_argument("--profile", metavar="PRESET", choices=sorted(PRESETS),
+                        help="also print the operator profile of this preset's loss")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
+    net_repeats = QUICK_NET_REPEATS if args.quick else NET_REPEATS
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+          f"({affinity} usable)")
+    print(f"batch {BATCH} at {IMAGE_SIZE}x{IMAGE_SIZE}, {CFG.name}; loss: median of {repeats} after "
+          f"{LOSS_WARMUP} warm-up; network step (sum of raw outputs as loss): median of {net_repeats} after "
+          f"{NET_WARMUP} warm-up\n")
+
+    rows = []
+    for case in CASES:
+        generator = torch.Generator().manual_seed(SEED)
+        model = Darknet.from_cfg(CFG, num_classes=case.num_classes).train()
+        images = torch.rand(BATCH, model.channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        targets = random_targets(case, generator)
+        raw = random_raw(model, case.num_classes, generator)
+        net_ms = median_ms(network_step(model, images), NET_WARMUP, net_repeats)
+        for name in PRESETS:
+            loss = YoloLoss(preset(name), model.anchors, model.strides, case.num_classes)
+            step = loss_step(loss, raw, targets)
+            loss_ms = median_ms(step, LOSS_WARMUP, repeats)
+            rows.append((name, case.name, loss_ms, net_ms))
+            if name == args.profile:
+                profile(f"{name}, {case.name}", step)
+        del model, images
+
+    print("| preset | case | loss ms | tiny step ms | ratio % | ≤ 2 % | ≤ 1 % |")
+    print("| --- | --- | ---: | ---: | ---: | --- | --- |")
+    for name, case_name, loss_ms, net_ms in rows:
+        share = loss_ms / net_ms
+        print(f"| {name} | {case_name} | {loss_ms:.1f} | {net_ms:.0f} | {100 * share:.2f} | "
+              f"{'yes' if share <= TARGET_SHARE else 'no'} | {'yes' if share <= STRETCH_SHARE else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
