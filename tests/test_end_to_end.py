@@ -117,3 +117,18 @@ def test_ddp_two_cpu_processes(digits, tmp_path):
     assert [(r["epoch"], r["split"]) for r in rows] == [(0, "train"), (0, "val")]  # written once, by rank 0
     # 16 training images, batch 4 per process, 2 processes: 2 optimiser steps per epoch.
     assert rows[0]["step"] == 2
+
+
+def test_ema_bf16_and_cfg_input_size(digits, tmp_path):
+    """EMA weights and bf16 autocast train and evaluate; without data.imgsz the cfg's [net] size is used."""
+    cfg = build_config({"project": str(tmp_path), "name": "ema", "data": {"data": str(digits)},
+                        "train": {"epochs": 1}},
+                       ["data.batch=4", "data.workers=0", "model.cfg=yolov3-tiny-small", "train.ema=true",
+                        "train.precision=bf16-mixed"])
+    result = train(cfg, progress="none")
+    saved = (tmp_path / "ema" / "config.yaml").read_text()
+    assert "imgsz: 256" in saved  # yolov3-tiny-small's [net] width=height=256
+    val = [m for m in result.metrics if m["split"] == "val"][0]
+    assert all(v is None or abs(v) < float("inf") for k, v in val.items() if k.startswith("loss/"))
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    assert any("EMAWeightAveraging" in key for key in ckpt["callbacks"])

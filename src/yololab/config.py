@@ -25,7 +25,10 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     data: str | None = Field(None, description="Path of the dataset's data.yaml (ultralytics convention).")
-    imgsz: int = Field(256, gt=0, description="Square network input size in pixels (multiple of the max stride).")
+    imgsz: int | None = Field(
+        None, gt=0, description="Square network input size in pixels (multiple of the max stride); None = the "
+        "cfg's [net] width/height.",
+    )
     batch: int = Field(16, gt=0, description="Images per batch (per process under DDP).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
 

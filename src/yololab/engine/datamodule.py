@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from yololab.data import DataSpec, YoloDataset, collate, load_data_yaml, validate_split
+from yololab.data import DataSpec, YoloDataset, collate, label_path, load_data_yaml, validate_split
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -46,11 +46,23 @@ class YoloDataModule(L.LightningDataModule):
         self.channels, self.seed = channels, seed
         self.datasets: dict[str, YoloDataset] = {}
 
-    def validate(self, splits: tuple[str, ...] = ("train", "val")) -> None:
-        """Raise a DataError listing every problem of the given splits (file and line for each)."""
+    def validate(self, splits: tuple[str, ...] = ("train", "val")) -> list[str]:
+        """Raise a DataError listing every problem of the given splits (file and line for each).
+
+        Returns one summary line per split; images without a label file are legal (background, as in
+        ultralytics) but are counted and named in that line, never skipped silently.
+        """
+        lines = []
         for split in splits:
-            images = self._images(split)
-            validate_split(images, self.spec.num_classes, source=f"{self.spec.yaml_path} [{split}]").raise_if_errors()
+            source = f"{self.spec.yaml_path} [{split}]"
+            report = validate_split(self._images(split), self.spec.num_classes, source=source)
+            report.raise_if_errors()
+            line = f"{source}: {report.n_images} images, {report.n_boxes} boxes, {report.n_backgrounds} background"
+            if report.n_missing_labels:
+                first = next(p for p in self._images(split) if not label_path(p).exists())
+                line += f" ({report.n_missing_labels} without a label file, e.g. {label_path(first)})"
+            lines.append(line)
+        return lines
 
     def _images(self, split: str) -> list[Path]:
         if split not in self.spec.splits:

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from yololab.config import RunConfig, save_config
 from yololab.data import load_data_yaml
@@ -20,7 +20,7 @@ from yololab.engine.checkpoint import AtomicCheckpointIO
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.metrics_log import MetricsJsonl, read_metrics
 from yololab.engine.module import YoloModule
-from yololab.model import load_darknet_weights
+from yololab.model import load_darknet_weights, parse_cfg
 from yololab.model.build import read_cfg_text
 
 BEST_METRIC = "val/mAP50"
@@ -53,6 +53,15 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
     return callbacks
 
 
+def _net_size(cfg_name: str) -> int:
+    """Square input size from a cfg's [net] width and height (they must agree for yololab's square inputs)."""
+    net = parse_cfg(read_cfg_text(cfg_name))[0]
+    width, height = int(net.get("width", 0)), int(net.get("height", 0))
+    if width != height or width <= 0:
+        raise ValueError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
+    return width
+
+
 def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
     """A fresh YoloModule for ``cfg``, starting from darknet weights when the config names some."""
     module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names)
@@ -80,11 +89,14 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec_names = load_data_yaml(cfg.data.data).names
+    if cfg.data.imgsz is None:  # the cfg's [net] height decides
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
     module = make_module(cfg, spec_names)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(cfg.data.data, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels, seed=cfg.train.seed)
-    data.validate()
+    for line in data.validate():
+        rank_zero_info(line)
     if first_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
