@@ -128,7 +128,7 @@ def test_ema_bf16_and_cfg_input_size(digits, tmp_path):
     result = train(cfg, progress="none")
     saved = (tmp_path / "ema" / "config.yaml").read_text()
     assert "imgsz: 256" in saved  # yolov3-tiny-small's [net] width=height=256
-    val = [m for m in result.metrics if m["split"] == "val"][0]
+    val = next(m for m in result.metrics if m["split"] == "val")
     assert all(v is None or abs(v) < float("inf") for k, v in val.items() if k.startswith("loss/"))
     ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     assert any("EMAWeightAveraging" in key for key in ckpt["callbacks"])

@@ -75,11 +75,12 @@ def test_box_logits_flag_a_box_the_coder_cannot_reach():
 
 @pytest.mark.parametrize("cls_loss", ["bce", "softmax_ce", "mse_softmax"])
 def test_class_logits_minimise_the_smoothed_class_term(cls_loss):
-    # Independent minimiser: gradient descent on the class term itself from zero logits.
+    # Independent minimiser: L-BFGS with a line search on the class term itself, from zero logits.
     classes = torch.tensor([0, 2])
     cfg = LossConfig(cls_loss=cls_loss, label_smoothing=0.2)
-    z = torch.zeros(2, 3, requires_grad=True)
-    opt = torch.optim.LBFGS([z], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
+    z = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([z], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-16,
+                            line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -88,7 +89,7 @@ def test_class_logits_minimise_the_smoothed_class_term(cls_loss):
         return value
 
     opt.step(closure)
-    got = class_logits(cfg, classes, 3)
+    got = class_logits(cfg, classes, 3).double()
     activate = torch.sigmoid if cls_loss == "bce" else (lambda x: x.softmax(-1))
     assert torch.allclose(activate(got), activate(z.detach()), atol=1e-4)
 

@@ -24,6 +24,7 @@ four images with 0 to 3 truths from 2 to 96 pixels.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -81,7 +82,8 @@ STRICT_RTOL = 1e-4  # a box term must fall by more than this fraction to count a
 
 # ---- check 4: gradient descent on the raw outputs
 DESCENT_STEPS = 200
-DESCENT_LR = 0.1  # Adam's step, cosine-annealed to 0 so the boxes settle
+DESCENT_LR = 0.1  # Adam's step: held for the first half, then cosine-annealed to 0 so the boxes settle. The
+DESCENT_HOLD = 0.5  # held half matters for IoU objectness targets, which only rise once the box has converged.
 DESCENT_INIT_STD = 0.1  # start near the anchor prior at each cell centre, as a freshly initialised head
 MIN_IOU = 0.9
 MIN_OBJ_POS = 0.9  # objectness probability at positives when the target is one
@@ -93,6 +95,7 @@ ORDER_RTOL = 1e-5
 ORDER_ATOL = 1e-7  # terms that are 0 in one order may come out as float32 dust in the other
 LARGE_RAW_STD = 4.0  # raw outputs of an untrained or diverging network: exp(4 sigma) reaches the wh clamp
 
+MAX_LISTED = 3  # problems listed in a failed check's detail
 BOX_TERMS = ("xy", "wh", "box")
 NOOBJ_TERM = "noobj"
 KEY_PATTERN = re.compile(r"^(?P<term>[a-z_]+)/s(?P<scale>\d+)$")
@@ -216,6 +219,10 @@ class PerfectPrediction:
     problems: list[str]
 
 
+def _size(wh: Tensor) -> str:
+    return "x".join(f"{float(v):.3g}" for v in wh)
+
+
 def perfect_prediction(batch: SyntheticBatch, coder: BoxCoder, cfg: LossConfig,
                        assignment: Sequence[Tensor]) -> PerfectPrediction:
     """Build the perfect raw outputs for an assignment (scale, image, anchor, gy, gx, target)."""
@@ -243,9 +250,10 @@ def perfect_prediction(batch: SyntheticBatch, coder: BoxCoder, cfg: LossConfig,
         wh = tgt[:, 4:6] * batch.input_size
         box, reached = box_logits(coder, offset, wh, batch.anchors[i][a])
         for k in (~reached).nonzero().flatten().tolist():
-            problems.append(f"the {coder.name} coder cannot decode onto truth {int(t[k])} (offset "
-                            f"{offset[k].tolist()} cells, {wh[k].tolist()} px) from anchor "
-                            f"{batch.anchors[i][a[k]].tolist()} at scale {i}")
+            ox, oy = offset[k].tolist()
+            problems.append(f"the {coder.name} coder cannot decode anchor {_size(batch.anchors[i][a[k]])} px at "
+                            f"scale {i} onto truth {int(t[k])} ({_size(wh[k])} px, offset ({ox:.2f}, {oy:.2f}) "
+                            f"cells)")
         r[b, a, y, x, :4] = box
         r[b, a, y, x, 4] = BIG_LOGIT
         r[b, a, y, x, 5:] = class_logits(cfg, tgt[:, 1].long(), batch.num_classes)
@@ -355,7 +363,9 @@ def check_minimum_at_truth(ctx: _Context) -> str:
     the raw outputs lowers any term."""
     perfect = ctx.perfect()
     if perfect.problems:
-        raise CheckFailed("no perfect prediction exists: " + "; ".join(perfect.problems))
+        shown = perfect.problems[:MAX_LISTED]
+        more = len(perfect.problems) - len(shown)
+        raise CheckFailed("no perfect prediction exists: " + "; ".join(shown) + (f"; {more} more" if more else ""))
     base = _values(ctx(perfect.raw).terms)
     exempt = {"cls"} if ctx.cfg.label_smoothing > 0 else set()
     not_zero = [k for k, v in base.items() if _term(k) not in exempt and abs(v) > AT_MIN_TOL]
@@ -458,15 +468,23 @@ def check_descent_converges(ctx: _Context) -> str:
     gen = ctx.generator(4)
     raw = _trainable(ctx.batch.random_raw(gen, DESCENT_INIT_STD))
     optimizer = torch.optim.Adam(raw, lr=DESCENT_LR)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, DESCENT_STEPS)
+    held = int(DESCENT_HOLD * DESCENT_STEPS)
+
+    def lr_factor(step: int) -> float:
+        return 1.0 if step < held else (1 + math.cos(math.pi * (step - held) / (DESCENT_STEPS - held))) / 2
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     for _ in range(DESCENT_STEPS):
         optimizer.zero_grad()
         ctx(raw).total.backward()
         optimizer.step()
         schedule.step()
     raw = [r.detach() for r in raw]
-    assignment = ctx(raw).assignment
-    scale, image, anchor, gy, gx, target = (t.long().cpu() for t in assignment)
+    # Positives grouped by scale, the order in which the per-scale values below are concatenated.
+    assignment = [t.long().cpu() for t in ctx(raw).assignment]
+    by_scale = torch.argsort(assignment[0], stable=True)
+    assignment = [t[by_scale] for t in assignment]
+    scale, image, anchor, gy, gx, target = assignment
     if not len(scale):
         raise CheckFailed("no positives in the synthetic batch")
     iou = _positive_ious(ctx, raw, assignment)
@@ -596,13 +614,18 @@ def run_checks(cfg: LossConfig, num_classes: int = 3, seed: int = 0, *, loss_fac
         raise ValueError(f"unknown check(s) {unknown}; available: {', '.join(CHECK_NAMES)}")
     ctx = _Context(cfg, num_classes, seed, loss_factory or YoloLoss)
     results = []
-    for name in names:
-        start = time.perf_counter()
-        try:
-            passed, detail = True, CHECKS[name](ctx)
-        except CheckFailed as failure:
-            passed, detail = False, str(failure)
-        except Exception as err:  # a loss that raises fails this check: the error is the finding
-            passed, detail = False, f"the loss raised {type(err).__name__}: {err}"
-        results.append(CheckResult(name, passed, detail, time.perf_counter() - start))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors of a few thousand values: more threads only add overhead and contention
+    try:
+        for name in names:
+            start = time.perf_counter()
+            try:
+                passed, detail = True, CHECKS[name](ctx)
+            except CheckFailed as failure:
+                passed, detail = False, str(failure)
+            except Exception as err:  # a loss that raises fails this check: the error is the finding
+                passed, detail = False, f"the loss raised {type(err).__name__}: {err}"
+            results.append(CheckResult(name, passed, detail, time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(threads)
     return results
