@@ -6,9 +6,11 @@ heads (batch 16, 416x416), in a dense case (80 classes, 10 truths per image) and
 step uses a trivial loss (the sum of all raw outputs), so it is the network's cost alone and the ratio reads
 as "loss time / network time".
 
-    .venv/bin/python benchmarks/loss.py [--repeats N] [--quick] [--profile PRESET]
+    .venv/bin/python benchmarks/loss.py [--repeats N] [--quick] [--threads N] [--profile PRESET]
 
 ``--profile PRESET`` also prints the torch operators that take the time in that preset's loss (both cases).
+The presets are timed round-robin, so a change in the load of a shared machine affects them alike; the ratio
+uses the median, the minimum is printed as the least disturbed figure.
 """
 
 from __future__ import annotations
@@ -84,14 +86,22 @@ def random_raw(model: Darknet, num_classes: int, generator: torch.Generator) -> 
 
 def median_ms(step: Callable[[], None], warmup: int, repeats: int) -> float:
     """Median wall time of ``step`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+    return statistics.median(interleaved_ms({"step": step}, warmup, repeats)["step"])
+
+
+def interleaved_ms(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall times in ms of every step, run round-robin (one call of each per round) so that a change in the
+    load of a shared machine hits all of them alike. ``warmup`` untimed rounds first."""
     for _ in range(warmup):
-        step()
-    times = []
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def loss_step(loss: YoloLoss, raw: list[Tensor], targets: Tensor) -> Callable[[], None]:
@@ -129,20 +139,24 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"timed loss repeats per preset and case (default {DEFAULT_REPEATS}, "
                              f"--quick {QUICK_REPEATS})")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, one timed network step per case")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--profile", metavar="PRESET", choices=sorted(PRESETS),
                         help="also print the operator profile of this preset's loss")
     args = parser.parse_args(argv)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
     net_repeats = QUICK_NET_REPEATS if args.quick else NET_REPEATS
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
           f"({affinity} usable)")
-    print(f"batch {BATCH} at {IMAGE_SIZE}x{IMAGE_SIZE}, {CFG.name}; loss: median of {repeats} after "
-          f"{LOSS_WARMUP} warm-up; network step (sum of raw outputs as loss): median of {net_repeats} after "
-          f"{NET_WARMUP} warm-up\n")
+    print(f"batch {BATCH} at {IMAGE_SIZE}x{IMAGE_SIZE}, {CFG.name}")
+    print(f"loss: median of {repeats} after {LOSS_WARMUP} warm-up, presets interleaved; network step (sum of raw "
+          f"outputs as loss): median of {net_repeats} after {NET_WARMUP} warm-up\n")
 
     rows = []
     for case in CASES:
@@ -152,20 +166,21 @@ def main(argv: list[str] | None = None) -> None:
         targets = random_targets(case, generator)
         raw = random_raw(model, case.num_classes, generator)
         net_ms = median_ms(network_step(model, images), NET_WARMUP, net_repeats)
-        for name in PRESETS:
-            loss = YoloLoss(preset(name), model.anchors, model.strides, case.num_classes)
-            step = loss_step(loss, raw, targets)
-            loss_ms = median_ms(step, LOSS_WARMUP, repeats)
-            rows.append((name, case.name, loss_ms, net_ms))
-            if name == args.profile:
-                profile(f"{name}, {case.name}", step)
+        steps = {
+            name: loss_step(YoloLoss(preset(name), model.anchors, model.strides, case.num_classes), raw, targets)
+            for name in PRESETS
+        }
+        for name, times in interleaved_ms(steps, LOSS_WARMUP, repeats).items():
+            rows.append((name, case.name, statistics.median(times), min(times), net_ms))
+        if args.profile:
+            profile(f"{args.profile}, {case.name}", steps[args.profile])
         del model, images
 
-    print("| preset | case | loss ms | tiny step ms | ratio % | ≤ 2 % | ≤ 1 % |")
-    print("| --- | --- | ---: | ---: | ---: | --- | --- |")
-    for name, case_name, loss_ms, net_ms in rows:
+    print("| preset | case | loss ms (median) | loss ms (min) | tiny step ms | ratio % | ≤ 2 % | ≤ 1 % |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+    for name, case_name, loss_ms, loss_min, net_ms in rows:
         share = loss_ms / net_ms
-        print(f"| {name} | {case_name} | {loss_ms:.1f} | {net_ms:.0f} | {100 * share:.2f} | "
+        print(f"| {name} | {case_name} | {loss_ms:.1f} | {loss_min:.1f} | {net_ms:.0f} | {100 * share:.2f} | "
               f"{'yes' if share <= TARGET_SHARE else 'no'} | {'yes' if share <= STRETCH_SHARE else 'no'} |")
 
 

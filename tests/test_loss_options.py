@@ -303,3 +303,9 @@ def test_bad_targets_are_refused(row, message):
 def test_unknown_option_value_lists_the_valid_ones():
     with pytest.raises(ValueError, match="'bce'"):
         LossConfig(obj_loss="bogus")
+
+
+def test_neighbour_cells_with_a_narrow_scaled_coder_is_refused():
+    with pytest.raises(ValueError, match="scale_x_y >= 2"):
+        LossConfig(neighbour_cells=True, coder="scaled", scale_x_y=1.2)
+    LossConfig(neighbour_cells=True, coder="scaled", scale_x_y=2.0)

@@ -66,6 +66,7 @@ REACH_TOL = 1e-4  # a decoded offset (cells) or log size that misses its target 
 AT_MIN_TOL = 1e-4  # "~0": float32 error of terms at an exactly decoded truth, summed over all predictions
 PERTURB_STD = 0.03  # random changes of the raw outputs around the perfect prediction
 PERTURB_DIRECTIONS = 4  # each tried with both signs, so a non-zero slope cannot hide
+ASSIGNMENT_ROUNDS = 3  # rebuilds of the perfect prediction for an assignment that reads the predictions
 NOT_RAISED_ATOL = 1e-6  # float32 noise allowed when a term must not go down (check 2) or up (check 3) ...
 NOT_RAISED_RTOL = 1e-5  # ... plus this fraction of the term
 
@@ -81,14 +82,20 @@ STEP_FRACTION = 0.1  # fraction of the way to the perfect raw outputs
 STRICT_RTOL = 1e-4  # a box term must fall by more than this fraction to count as falling
 
 # ---- check 4: gradient descent on the raw outputs
+# Adam's step is held for the first half of the descent, then cosine-annealed to 0 so the boxes settle; the
+# held half matters for IoU objectness targets, which only rise once the box has converged.
 DESCENT_STEPS = 200
-DESCENT_LR = 0.1  # Adam's step: held for the first half, then cosine-annealed to 0 so the boxes settle. The
-DESCENT_HOLD = 0.5  # held half matters for IoU objectness targets, which only rise once the box has converged.
+DESCENT_LR = 0.1
+DESCENT_HOLD = 0.5
+DESCENT_EVAL_EVERY = 20  # the targets are checked every so many steps; the check passes once they are met
 DESCENT_INIT_STD = 0.1  # start near the anchor prior at each cell centre, as a freshly initialised head
+# Thresholds after descent. Objectness starts at 0.5 everywhere; a term pushing the wrong way ends near 0 at
+# positives or near 1 elsewhere. Focal objectness deliberately stops pushing easy negatives (about 0.07 after
+# this descent) and lags behind an IoU target that rises as the box converges (up to 0.12 off).
 MIN_IOU = 0.9
 MIN_OBJ_POS = 0.9  # objectness probability at positives when the target is one
-OBJ_TARGET_TOL = 0.1  # |probability - target| at positives when the target is the IoU
-MAX_OBJ_ELSEWHERE = 0.05  # mean objectness probability of all other predictions
+OBJ_TARGET_TOL = 0.15  # |probability - target| at positives when the target is the IoU
+MAX_OBJ_ELSEWHERE = 0.1  # mean objectness probability of all other predictions
 
 # ---- checks 6 and 7
 ORDER_RTOL = 1e-5
@@ -285,7 +292,7 @@ class _Context:
         (best_pred_iou), so it is taken again at the perfect raw outputs until it stops changing."""
         if self._perfect is None:
             raw = [torch.zeros(shape) for shape in self.batch.shapes()]
-            for _ in range(3):
+            for _ in range(ASSIGNMENT_ROUNDS):
                 assignment = self(raw).assignment
                 perfect = perfect_prediction(self.batch, self.coder, self.cfg, assignment)
                 raw = perfect.raw
@@ -462,44 +469,33 @@ def _positive_ious(ctx: _Context, raw: list[Tensor], assignment: Sequence[Tensor
     return torch.cat(ious)
 
 
-def check_descent_converges(ctx: _Context) -> str:
-    """4. Adam on the raw outputs (the parameters; no network) for DESCENT_STEPS steps reaches IoU >= MIN_IOU at
-    every positive, objectness near its target there and low elsewhere, and the right class on top."""
-    gen = ctx.generator(4)
-    raw = _trainable(ctx.batch.random_raw(gen, DESCENT_INIT_STD))
-    optimizer = torch.optim.Adam(raw, lr=DESCENT_LR)
-    held = int(DESCENT_HOLD * DESCENT_STEPS)
+def _at_positives(raw: list[Tensor], assignment: Sequence[Tensor], channels: slice) -> Tensor:
+    """[P, len(channels)] raw values of the positives, in the order of an assignment sorted by scale."""
+    scale, image, anchor, gy, gx = assignment[:5]
+    return torch.cat([raw[i][image[scale == i], anchor[scale == i], gy[scale == i], gx[scale == i], channels]
+                      for i in range(len(raw))])
 
-    def lr_factor(step: int) -> float:
-        return 1.0 if step < held else (1 + math.cos(math.pi * (step - held) / (DESCENT_STEPS - held))) / 2
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    for _ in range(DESCENT_STEPS):
-        optimizer.zero_grad()
-        ctx(raw).total.backward()
-        optimizer.step()
-        schedule.step()
-    raw = [r.detach() for r in raw]
-    # Positives grouped by scale, the order in which the per-scale values below are concatenated.
+def _descent_problems(ctx: _Context, raw: list[Tensor]) -> tuple[list[str], str]:
+    """What still keeps the raw outputs from their targets (empty when none), and a summary of where they are."""
     assignment = [t.long().cpu() for t in ctx(raw).assignment]
-    by_scale = torch.argsort(assignment[0], stable=True)
-    assignment = [t[by_scale] for t in assignment]
-    scale, image, anchor, gy, gx, target = assignment
+    by_scale = torch.argsort(assignment[0], stable=True)  # the order in which _at_positives concatenates
+    scale, image, anchor, gy, gx, target = (t[by_scale] for t in assignment)
     if not len(scale):
-        raise CheckFailed("no positives in the synthetic batch")
+        return ["no positives in the synthetic batch"], ""
+    assignment = (scale, image, anchor, gy, gx, target)
     iou = _positive_ious(ctx, raw, assignment)
     problems = []
     if iou.min() < MIN_IOU:
         k = int(iou.argmin())
         problems.append(f"IoU {float(iou.min()):.3f} < {MIN_IOU} at truth {int(target[k])} (scale {int(scale[k])})")
-    obj = torch.cat([raw[i][image[scale == i], anchor[scale == i], gy[scale == i], gx[scale == i], 4]
-                     for i in range(len(raw))]).sigmoid()
+    obj = _at_positives(raw, assignment, slice(4, 5)).squeeze(-1).sigmoid()
     if ctx.cfg.obj_target == "iou":
         mix = getattr(ctx.cfg, "obj_iou_mix", 1.0)
-        obj_error = (obj - ((1 - mix) + mix * iou.clamp(min=0))).abs().max()
+        obj_error = float((obj - ((1 - mix) + mix * iou.clamp(min=0))).abs().max())
         if obj_error > OBJ_TARGET_TOL:
-            problems.append(f"objectness misses its IoU target by {float(obj_error):.3f} > {OBJ_TARGET_TOL}")
-        obj_detail = f"objectness within {float(obj_error):.3f} of its IoU target"
+            problems.append(f"objectness misses its IoU target by {obj_error:.3f} > {OBJ_TARGET_TOL}")
+        obj_detail = f"objectness within {obj_error:.3f} of its IoU target"
     else:
         if obj.min() < MIN_OBJ_POS:
             problems.append(f"objectness {float(obj.min()):.3f} < {MIN_OBJ_POS} at a positive")
@@ -513,15 +509,35 @@ def check_descent_converges(ctx: _Context) -> str:
     if obj_elsewhere > MAX_OBJ_ELSEWHERE:
         problems.append(f"mean objectness elsewhere {obj_elsewhere:.3f} > {MAX_OBJ_ELSEWHERE}")
     if ctx.batch.num_classes > 1:
-        logits = torch.cat([raw[i][image[scale == i], anchor[scale == i], gy[scale == i], gx[scale == i], 5:]
-                            for i in range(len(raw))])
-        wrong_class = int((logits.argmax(-1) != ctx.batch.targets[target, 1].long()).sum())
+        top = _at_positives(raw, assignment, slice(5, None)).argmax(-1)
+        wrong_class = int((top != ctx.batch.targets[target, 1].long()).sum())
         if wrong_class:
             problems.append(f"{wrong_class} positives with the wrong class on top")
-    if problems:
-        raise CheckFailed(f"after {DESCENT_STEPS} Adam steps: " + "; ".join(problems))
-    return (f"{DESCENT_STEPS} Adam steps: IoU >= {float(iou.min()):.3f} at {len(iou)} positives, {obj_detail}, "
-            f"{obj_elsewhere:.4f} elsewhere")
+    summary = f"IoU >= {float(iou.min()):.3f} at {len(iou)} positives, {obj_detail}, {obj_elsewhere:.4f} elsewhere"
+    return problems, summary
+
+
+def check_descent_converges(ctx: _Context) -> str:
+    """4. Adam on the raw outputs (the parameters; no network) reaches, within DESCENT_STEPS steps, IoU >= MIN_IOU
+    at every positive, objectness near its target there and low elsewhere, and the right class on top."""
+    raw = _trainable(ctx.batch.random_raw(ctx.generator(4), DESCENT_INIT_STD))
+    optimizer = torch.optim.Adam(raw, lr=DESCENT_LR)
+    held = int(DESCENT_HOLD * DESCENT_STEPS)
+
+    def lr_factor(step: int) -> float:
+        return 1.0 if step < held else (1 + math.cos(math.pi * (step - held) / (DESCENT_STEPS - held))) / 2
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    for step in range(1, DESCENT_STEPS + 1):
+        optimizer.zero_grad()
+        ctx(raw).total.backward()
+        optimizer.step()
+        schedule.step()
+        if step % DESCENT_EVAL_EVERY == 0 or step == DESCENT_STEPS:
+            problems, summary = _descent_problems(ctx, [r.detach() for r in raw])
+            if not problems:
+                return f"{step} Adam steps: {summary}"
+    raise CheckFailed(f"after {DESCENT_STEPS} Adam steps: " + "; ".join(problems))
 
 
 def check_empty_images(ctx: _Context) -> str:
@@ -550,8 +566,8 @@ def check_empty_images(ctx: _Context) -> str:
     n_pos = len(out.assignment[0])
     if not n_pos:
         raise CheckFailed(f"{int(last.sum())} truths in the last image gave no positives")
-    return f"no truths: only noobj non-zero ({noobj:.3g} unweighted); truths in one image of {ctx.batch.batch_size}: " \
-           f"{n_pos} positives, finite"
+    return (f"no truths: only noobj non-zero ({noobj:.3g} unweighted); truths in one image of "
+            f"{ctx.batch.batch_size}: {n_pos} positives, finite")
 
 
 def check_batch_order(ctx: _Context) -> str:

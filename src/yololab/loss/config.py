@@ -158,9 +158,10 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _compatible(self) -> LossConfig:
-        if self.neighbour_cells and self.coder == "yolov3":
-            raise ValueError("neighbour_cells needs the 'ultralytics' or 'scaled' coder: a neighbour cell's target "
-                             "offset lies outside (0, 1), which sigmoid(tx) cannot reach")
+        reach_neighbours = self.coder == "ultralytics" or (self.coder == "scaled" and self.scale_x_y >= 2)
+        if self.neighbour_cells and not reach_neighbours:
+            raise ValueError("neighbour_cells needs the 'ultralytics' coder or 'scaled' with scale_x_y >= 2: a "
+                             "neighbour cell's target offset lies in (-0.5, 1.5) cells, which this coder cannot reach")
         if self.box_loss == "mse" and self.xy_loss != "mse_sigmoid" and self.coder != "yolov3":
             raise ValueError(f"xy_loss={self.xy_loss!r} compares tx with an offset in (0, 1): use the yolov3 coder")
         return self
