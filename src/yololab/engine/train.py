@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, Ric
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from yololab.config import RunConfig, save_config
+from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import load_data_yaml
 from yololab.engine.checkpoint import AtomicCheckpointIO
 from yololab.engine.datamodule import YoloDataModule
@@ -58,7 +58,7 @@ def _net_size(cfg_name: str) -> int:
     net = parse_cfg(read_cfg_text(cfg_name))[0]
     width, height = int(net.get("width", 0)), int(net.get("height", 0))
     if width != height or width <= 0:
-        raise ValueError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
+        raise ConfigError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
     return width
 
 
@@ -85,7 +85,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
             raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
         shutil.rmtree(run_dir)
     if cfg.data.data is None:
-        raise ValueError("no dataset: set data.data (the path of a data.yaml)")
+        raise ConfigError("no dataset: set data.data (the path of a data.yaml), e.g. --data my/data.yaml")
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec_names = load_data_yaml(cfg.data.data).names
