@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from yololab.errors import FileProblem
 
 
-class DataError(ValueError):
-    """A problem in a dataset file, reported as ``file:line: problem``.
+class DataError(FileProblem):
+    """A problem in a dataset file (image, label file, data.yaml), reported as ``file:line: problem``.
 
-    ``line`` is 1-based and ``None`` when the problem concerns the whole file (an unreadable image,
-    a missing folder). The fields stay available so callers can collect and sort problems.
+    ``line`` is ``None`` when the problem concerns the whole file (an unreadable image, a missing folder).
     """
-
-    def __init__(self, file: str | Path, line: int | None, problem: str):
-        self.file = str(file)
-        self.line = line
-        self.problem = problem
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.problem}"
-
-    def __reduce__(self):
-        # Keep the three fields when the error crosses a DataLoader worker process (pickling).
-        return (type(self), (self.file, self.line, self.problem))

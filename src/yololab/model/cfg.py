@@ -28,6 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from yololab.errors import FileProblem
+
 COMMENT_CHARS = ("#", ";")
 # Aliases darknet's string_to_layer_type accepts, mapped to the names used here.
 SECTION_ALIASES = {"conv": "convolutional", "max": "maxpool", "network": "net"}
@@ -41,21 +43,8 @@ UNSUPPORTED_SECTIONS = frozenset({
 CFG_PACKAGE, CFG_FOLDER = "yololab.model", "cfgs"  # package data (pyproject: model/cfgs/*.cfg)
 
 
-class CfgError(ValueError):
+class CfgError(FileProblem):
     """A problem in a cfg file, reported as ``file:line: problem`` (line of the key, else of the header)."""
-
-    def __init__(self, file: str | Path, line: int | None, problem: str):
-        self.file = str(file)
-        self.line = line
-        self.problem = problem
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.problem}"
-
-    def __reduce__(self):
-        return (type(self), (self.file, self.line, self.problem))
 
 
 class CfgWarning(UserWarning):
