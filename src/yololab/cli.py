@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from yololab.commands.anchors import anchors_command
 from yololab.config import ConfigError, RunConfig, build_config, load_config
 
 app = typer.Typer(
@@ -319,6 +320,9 @@ def check_loss(
                   + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:
         raise typer.Exit(1)
+
+
+app.command("anchors")(anchors_command)
 
 
 def main() -> None:

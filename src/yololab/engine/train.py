@@ -5,6 +5,7 @@ A run folder (DESIGN.md): config.yaml, checkpoints/{last,best}.ckpt, tb/ (Tensor
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, Ric
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import load_data_yaml
 from yololab.engine.checkpoint import AtomicCheckpointIO
@@ -62,6 +64,20 @@ def _net_size(cfg_name: str) -> int:
     return width
 
 
+def _log_anchor_fit(cfg: RunConfig, module: YoloModule, path: Path) -> None:
+    """How the configured anchors fit the training boxes, written beside the run (the doctor reads it)."""
+    try:
+        fit = anchor_fit_report(cfg.data.data, module.model.anchors, module.model.strides, cfg.data.imgsz,
+                                cfg.loss.anchor_t)
+    except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
+        rank_zero_info(f"anchor fit not computed: {err}")
+        return
+    path.write_text(json.dumps(fit, indent=2))
+    rank_zero_info(f"anchor fit: mean best IoU {fit['mean_best_iou']:.3f}, best possible recall "
+                   f"{fit['bpr_iou50']:.3f} at IoU 0.5 and {fit['bpr_ratio']:.3f} at ratio < {fit['anchor_t']:g} "
+                   f"({path})")
+
+
 def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
     """A fresh YoloModule for ``cfg``, starting from darknet weights when the config names some."""
     module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names)
@@ -100,6 +116,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     if first_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        _log_anchor_fit(cfg, module, run_dir / "anchor_fit.json")
 
     trainer = L.Trainer(
         default_root_dir=run_dir,

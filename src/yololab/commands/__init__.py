@@ -1,0 +1,1 @@
+"""Command functions of the `yololab` command line, registered in yololab.cli."""

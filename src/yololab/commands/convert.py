@@ -1,0 +1,65 @@
+"""``yololab data convert``: convert a dataset between YOLO, one-line, COCO and Pascal VOC formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from yololab.data.errors import DataError
+from yololab.data.formats import SOURCE_FORMATS, TARGET_FORMATS, convert
+from yololab.data.formats.records import SKIP_CROWD, SKIP_DIFFICULT
+
+console = Console()
+
+EXIT_ERROR = 2  # the exit status of every yololab command on bad input
+
+
+def convert_command(
+    src: Annotated[Path, typer.Argument(help="Source: a data.yaml, a COCO .json (or a folder with "
+                                             "annotations/instances_*.json), a VOC .xml or folder of them, "
+                                             "or a one-line .txt (path x1,y1,x2,y2,cls ...).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder; must be absent or empty.")],
+    to: Annotated[str, typer.Option("--to", help=f"Target format: {' | '.join(TARGET_FORMATS)}.")] = "yolo",
+    from_: Annotated[str | None, typer.Option(
+        "--from", help=f"Source format when the path does not tell: {' | '.join(SOURCE_FORMATS)}.")] = None,
+    names: Annotated[Path | None, typer.Option(
+        help="Class names file, one per line (one-line and VOC sources).")] = None,
+    image_root: Annotated[Path | None, typer.Option(
+        help="Folder the source's image paths are relative to (one-line, COCO, VOC).")] = None,
+) -> None:
+    """Convert a dataset to YOLO txt + data.yaml or to COCO JSON; images are hard-linked or copied.
+
+    Boxes are kept exactly, going through pixel coordinates.
+    COCO crowd annotations and VOC difficult objects are left out and counted in the summary.
+
+    Example: yololab data convert VOCdevkit/VOC2007 data/voc --to yolo
+    """
+    if to not in TARGET_FORMATS or (from_ is not None and from_ not in SOURCE_FORMATS):
+        _fail(f"--to must be one of {list(TARGET_FORMATS)} and --from one of {list(SOURCE_FORMATS)}")
+    try:
+        ann, written = convert(src, dst, to=to, src_format=from_, names=names, image_root=image_root)
+    except (DataError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    table = Table(title=f"{escape(str(src))} -> {escape(str(dst))} ({to})")
+    for column in ("split", "images", "boxes", "background images", f"skipped {SKIP_CROWD}",
+                   f"skipped {SKIP_DIFFICULT}"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, records in ann.splits.items():
+        skipped = ann.skipped.get(split, {})
+        table.add_row(split, str(len(records)), str(ann.n_boxes(split)),
+                      str(sum(len(r.boxes) == 0 for r in records)),
+                      str(skipped.get(SKIP_CROWD, 0)), str(skipped.get(SKIP_DIFFICULT, 0)))
+    console.print(table)
+    console.print(f"{ann.num_classes} classes: {escape(', '.join(ann.names))}", highlight=False)
+    for path in written:
+        console.print(f"wrote {escape(str(path))}", highlight=False)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(EXIT_ERROR)

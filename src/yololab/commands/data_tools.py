@@ -1,0 +1,317 @@
+"""``yololab data make sparse | check | stats | split``: make, check, describe and split datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import numpy as np
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from yololab.data.errors import DataError
+from yololab.data.sparse import (
+    DEFAULT_SIZES,
+    HIT_DENSITY,
+    MAX_IOU,
+    NOISE,
+    SIZE_MIX_TEXT,
+    make_sparse,
+    parse_size_mix,
+)
+from yololab.data.splits import split_indices
+from yololab.data.stats import dataset_stats, plot_stats
+from yololab.data.stratify import stratified_split_indices
+from yololab.data.validation_cache import check_channels, find_duplicate_lines
+from yololab.data.yolo_format import (
+    BOX_TOLERANCE,
+    SPLIT_KEYS,
+    _resolve_split,
+    label_path,
+    load_data_yaml,
+    parse_label_file,
+    validate_split,
+)
+
+console = Console()
+
+EXIT_PROBLEMS = 1  # the data has errors (check)
+EXIT_ERROR = 2  # the command cannot run on its input (unreadable data.yaml, bad option): as every command
+MAX_ROWS = 50  # problems listed by `data check` unless told otherwise
+# Folders carry no class names: without --nc any non-negative integer class passes.
+ANY_CLASS = sys.maxsize
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(EXIT_ERROR)
+
+
+# ------------------------------------------------------------------------------------------ make sparse
+def make_sparse_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/sparse"),
+    n_train: Annotated[int, typer.Option(help="Training images.")] = DEFAULT_SIZES["n_train"],
+    n_val: Annotated[int, typer.Option(help="Validation images.")] = DEFAULT_SIZES["n_val"],
+    n_test: Annotated[int, typer.Option(help="Test images.")] = DEFAULT_SIZES["n_test"],
+    imgsz: Annotated[int, typer.Option(help="Image side in pixels.")] = DEFAULT_SIZES["img_size"],
+    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB, objects tinted).")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+    classes: Annotated[str, typer.Option(
+        help="Class names separated by commas (track, shower and blob are drawn as such; other names take "
+             "those shapes in turn), or a number of classes.")] = "track,shower",
+    objects: Annotated[tuple[int, int], typer.Option(
+        help="Objects per image, MIN MAX inclusive (MIN 0 allows background images).")] = (1, 4),
+    size_mix: Annotated[str, typer.Option(
+        help="Object size bins 'weight:WxH-WxH,...' in pixels; width and height are log-uniform within a "
+             "bin.")] = SIZE_MIX_TEXT,
+    noise: Annotated[float, typer.Option(help="Fraction of pixels with a faint noise hit.")] = NOISE,
+    hit_density: Annotated[float, typer.Option(
+        help="Fraction of the pixels of a shower's cone or a blob's ellipse that are hit.")] = HIT_DENSITY,
+    max_iou: Annotated[float, typer.Option(help="Largest IoU between two objects of an image.")] = MAX_IOU,
+    workers: Annotated[int | None, typer.Option(
+        help="Writing processes (default: CPU count); the files do not depend on it.")] = None,
+) -> None:
+    """Generate sparse detector-like images (mostly zero, faint noise, tracks, showers and blobs from ~3x2 to
+    ~200x150 pixels) in YOLO layout with a data.yaml.
+
+    Example: yololab data make sparse --out data/sparse --n-train 24000 --n-val 3000 --n-test 3000
+    """
+    try:
+        names: list[str] | int = int(classes) if classes.strip().isdigit() else classes.split(",")
+        start = time.perf_counter()
+        yaml_path = make_sparse(out, n_train=n_train, n_val=n_val, n_test=n_test, img_size=imgsz,
+                                channels=channels, classes=names, objects_per_image=objects,
+                                size_mix=parse_size_mix(size_mix), noise=noise, hit_density=hit_density,
+                                max_iou=max_iou, seed=seed, overwrite=overwrite, workers=workers)
+    except (ValueError, FileExistsError) as err:
+        _fail(str(err))
+    seconds = time.perf_counter() - start
+    total = n_train + n_val + n_test
+    console.print(f"wrote {escape(str(yaml_path))}: {total} images in {seconds:.1f} s "
+                  f"({total / seconds:.0f} images/s)", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ check
+def _splits_to_check(path: Path, nc: int | None) -> tuple[dict[str, list[Path]], int]:
+    """``({source name: images}, number of classes)`` of a data.yaml, an images folder or an image list."""
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        spec = load_data_yaml(path)
+        if nc is not None and nc != spec.num_classes:
+            raise DataError(path, None, f"--nc {nc} but the yaml names {spec.num_classes} classes")
+        return {f"{path} [{split}]": images for split, images in spec.splits.items()}, spec.num_classes
+    return {str(path): _list_images(path)}, nc if nc is not None else ANY_CLASS
+
+
+def _list_images(path: Path) -> list[Path]:
+    """Images of a folder (recursively, sorted) or of a .txt list (entries relative to the list's folder)."""
+    path = path.resolve()
+    return _resolve_split("images", str(path), path.parent if path.is_file() else path, path, None)
+
+
+def check_command(
+    path: Annotated[Path, typer.Argument(help="A data.yaml, a folder of images or a .txt list of images.")],
+    channels: Annotated[int | None, typer.Option(
+        help="Expected channels: 1 (grey) or 3 (colour); an image with other channels is an error.")] = None,
+    full_decode: Annotated[bool, typer.Option(
+        help="Decode every image's pixels (catches truncated files); --no-full-decode reads headers only."
+    )] = True,
+    nc: Annotated[int | None, typer.Option(
+        help="Number of classes, for a folder or list (a data.yaml names its own).")] = None,
+    max_rows: Annotated[int, typer.Option(help="Problems listed in the table; all are counted.")] = MAX_ROWS,
+) -> None:
+    """Check a dataset: every image readable and decodable, every label line parseable, class ids in range,
+    w and h > 0, no NaN, boxes inside the image (those overshooting by at most 0.001 of the image are clipped,
+    further out is an error); duplicate label lines are warnings. Images without labels count as background.
+    Prints the problems with file and line; the exit status is 1 when there are errors.
+
+    Example: yololab data check data/sparse/data.yaml --channels 1
+    """
+    if channels not in (None, 1, 3):
+        _fail(f"--channels must be 1 or 3, got {channels}")
+    try:
+        sources, num_classes = _splits_to_check(path, nc)
+    except DataError as err:
+        _fail(str(err))
+    summary = Table(title=f"data check: {escape(str(path))}")
+    for column in ("split", "images", "boxes", "background", "without label file", "errors", "warnings"):
+        summary.add_column(column, justify="left" if column == "split" else "right")
+    errors: list[DataError] = []
+    warnings: list[DataError] = []
+    for source, images in sources.items():
+        report = validate_split(images, num_classes, full_decode=full_decode, source=source)
+        split_errors = list(report.problems)
+        if channels is not None:
+            mismatches = (check_channels(image, channels) for image in images)
+            split_errors += [p for p in mismatches if p is not None]
+        split_warnings = [d for image in images for d in find_duplicate_lines(label_path(image))]
+        summary.add_row(escape(source), str(report.n_images), str(report.n_boxes), str(report.n_backgrounds),
+                        str(report.n_missing_labels), str(len(split_errors)), str(len(split_warnings)))
+        errors += split_errors
+        warnings += split_warnings
+    console.print(summary)
+    if errors or warnings:
+        console.print(_problem_table(errors, warnings, max_rows))
+    class_rule = f"0..{num_classes - 1}" if num_classes != ANY_CLASS else "any integer >= 0 (give --nc)"
+    console.print(f"classes: {class_rule}; box policy: clip within {BOX_TOLERANCE} of the image, reject "
+                  f"beyond; {len(errors)} errors, {len(warnings)} warnings", highlight=False)
+    if errors:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _problem_table(errors: list[DataError], warnings: list[DataError], max_rows: int) -> Table:
+    rows = [("error", e) for e in errors] + [("warning", w) for w in warnings]
+    table = Table(title="problems")
+    for column in ("severity", "file", "line", "problem"):
+        table.add_column(column)
+    for severity, problem in rows[:max_rows]:
+        colour = "red" if severity == "error" else "yellow"
+        table.add_row(f"[{colour}]{severity}[/]", escape(problem.file),
+                      "" if problem.line is None else str(problem.line), escape(problem.problem))
+    if len(rows) > max_rows:
+        table.caption = f"... and {len(rows) - max_rows} more (--max-rows)"
+    return table
+
+
+# ------------------------------------------------------------------------------------------ stats
+def stats_command(
+    data: Annotated[Path, typer.Argument(help="Dataset data.yaml.")],
+    split: Annotated[str | None, typer.Option(help="train, val or test (default: all splits).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: DATA folder/stats).")] = None,
+) -> None:
+    """Dataset statistics: objects per image and per class, box width/height in pixels, image sparsity
+    (fraction of non-zero pixels). Writes stats.json and PNG plots.
+
+    Example: yololab data stats data/sparse/data.yaml --split train --out runs/sparse-stats
+    """
+    try:
+        stats = dataset_stats(data, split)
+    except DataError as err:
+        _fail(str(err))
+    out = out if out is not None else data.parent / "stats"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    plots = plot_stats(stats, out)
+
+    table = Table(title=f"{escape(str(data))} [{', '.join(stats['splits'])}]", show_header=False)
+    opi, width, height, nonzero = (stats[k] for k in ("objects_per_image", "box_width_px", "box_height_px",
+                                                       "nonzero_fraction"))
+    rows = [
+        ("images", str(stats["n_images"])),
+        ("objects", str(stats["n_objects"])),
+        ("background images", str(stats["n_backgrounds"])),
+        ("objects per image", f"mean {_num(opi['mean'])}, max {opi['max']}"),
+        ("objects per class", ", ".join(f"{k} {v}" for k, v in stats["per_class"].items())),
+        ("box width px", _range(width)),
+        ("box height px", _range(height)),
+        ("non-zero pixel fraction", _range(nonzero, ".4f")),
+        ("image sizes", ", ".join(f"{k}: {v}" for k, v in stats["image_sizes"].items())),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+    for path in [out / "stats.json", *plots]:
+        console.print(f"wrote {escape(str(path))}", highlight=False)
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _range(summary: dict, fmt: str = ".1f") -> str:
+    return (f"min {_num(summary['min'], fmt)}, median {_num(summary['median'], fmt)}, "
+            f"mean {_num(summary['mean'], fmt)}, max {_num(summary['max'], fmt)}")
+
+
+# ------------------------------------------------------------------------------------------ split
+def _images_and_labels(source: Path) -> tuple[list[Path], list[np.ndarray], list[str]]:
+    """Images of ``source`` (every split of a data.yaml, once each, or a folder / .txt list), their class
+    ids, and class names (a folder's are "0".."max class")."""
+    if source.is_file() and source.suffix.lower() in (".yaml", ".yml"):
+        spec = load_data_yaml(source)
+        images = list(dict.fromkeys(p for split in spec.splits.values() for p in split))
+        names, num_classes = spec.names, spec.num_classes
+    else:
+        images = _list_images(source)
+        names, num_classes = [], ANY_CLASS
+    classes = []
+    for image in images:
+        labels, problems = parse_label_file(label_path(image), num_classes)
+        if problems:
+            raise DataError(problems[0].file, problems[0].line,
+                            f"{problems[0].problem} (run `yololab data check` for all problems)")
+        classes.append(labels[:, 0].astype(np.int64))
+    if not names:
+        top = max((int(c.max()) for c in classes if len(c)), default=0)
+        names = [str(i) for i in range(top + 1)]
+    return images, classes, names
+
+
+def split_command(
+    source: Annotated[Path, typer.Argument(help="A data.yaml (all its splits are pooled), a folder of images "
+                                                "or a .txt list of images.")],
+    out: Annotated[Path, typer.Option(help="Folder for train.txt, val.txt, test.txt and data.yaml.")],
+    fractions: Annotated[str, typer.Option(help="Train,val[,test] fractions summing to 1.")] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same split.")] = 0,
+    stratify: Annotated[bool, typer.Option(
+        help="Keep the class mix: split each group of images that share a most frequent class on its own."
+    )] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace lists and data.yaml already in OUT.")] = False,
+) -> None:
+    """Split a dataset's images into train/val/test lists and write a data.yaml using them; images and labels
+    stay where they are. The same input, fractions and seed give the same split.
+
+    Example: yololab data split data/sparse/data.yaml --out data/sparse-resplit --fractions 0.7,0.15,0.15
+    --stratify
+    """
+    try:
+        parts = [float(f) for f in fractions.split(",")]
+    except ValueError:
+        _fail(f"--fractions must be numbers separated by commas, got {fractions!r}")
+    if not 2 <= len(parts) <= len(SPLIT_KEYS):
+        _fail(f"--fractions needs 2 or 3 values (train, val[, test]), got {fractions!r}")
+    written = [out / f"{key}.txt" for key in SPLIT_KEYS] + [out / "data.yaml"]
+    if not overwrite and any(p.exists() for p in written):
+        _fail(f"{out} already holds a split (data.yaml or lists); pass --overwrite to replace it")
+    try:
+        images, classes, names = _images_and_labels(source)
+        indices = (stratified_split_indices(classes, parts, seed) if stratify
+                   else split_indices(len(images), parts, seed))
+    except (DataError, ValueError) as err:
+        _fail(str(err))
+
+    out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
+    spec: dict = {"path": str(root)}
+    for key in SPLIT_KEYS:
+        (out / f"{key}.txt").unlink(missing_ok=True)
+    for key, part in zip(SPLIT_KEYS, indices, strict=False):
+        lines = [os.path.relpath(images[i].resolve(), root) for i in part]
+        (out / f"{key}.txt").write_text("".join(f"{line}\n" for line in lines))
+        if lines:  # an empty list is no split: load_data_yaml refuses one
+            spec[key] = f"{key}.txt"
+    spec["names"] = names
+    spec["split"] = {"source": str(source), "fractions": parts, "seed": seed, "stratify": stratify}
+    (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    console.print(_split_table(source, indices, classes, names))
+    console.print(f"wrote {escape(str(out / 'data.yaml'))}", highlight=False)
+
+
+def _split_table(source: Path, indices, classes: list[np.ndarray], names: list[str]) -> Table:
+    table = Table(title=f"split of {escape(str(source))}")
+    for column in ("part", "images", "background", "objects", "objects per class"):
+        table.add_column(column, justify="left" if column in ("part", "objects per class") else "right")
+    for key, part in zip(SPLIT_KEYS, indices, strict=False):
+        counts = Counter(int(c) for i in part for c in classes[i])
+        per_class = ", ".join(f"{names[c]} {counts[c]}" for c in sorted(counts))
+        table.add_row(key, str(len(part)), str(sum(len(classes[i]) == 0 for i in part)),
+                      str(sum(counts.values())), escape(per_class))
+    return table
