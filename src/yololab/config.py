@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from yololab.data.augment import AugmentConfig
 from yololab.loss.config import LossConfig
 from yololab.loss.presets import preset
 
@@ -31,6 +32,8 @@ class DataConfig(_Strict):
     )
     batch: int = Field(16, gt=0, description="Images per batch (per process under DDP).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="Training-split augmentation (albumentations; data/augment.py).")
 
 
 class ModelConfig(_Strict):

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from yololab.boxes import box_cxcywh_to_xyxy
-from yololab.data.augment import AugmentConfig, Sample, Sampler, build_transform
-from yololab.data.dataset import Transform, YoloDataset, read_image
+from yololab.data.augment import AugmentConfig, Sample, build_transform
+from yololab.data.dataset import Transform, YoloDataset
 from yololab.data.errors import DataError
 from yololab.data.letterbox import boxes_to_letterbox, letterbox
 
@@ -42,18 +42,6 @@ class PreviewResult:
     size: tuple[int, int]
     boxes_in: int
     boxes_out: int
-
-
-def raw_sample(dataset: YoloDataset, index: int) -> Sample:
-    """Item ``index`` of ``dataset`` before augmentation and letterbox: (image HWC uint8, boxes [M, 4]
-    cxcywh normalised, classes [M])."""
-    labels = dataset.labels[index]
-    return read_image(dataset.images[index], dataset.channels), labels[:, 1:], labels[:, 0]
-
-
-def dataset_sampler(dataset: YoloDataset) -> Sampler:
-    """A mosaic sampler over ``dataset``: each call returns the raw sample of a random item."""
-    return lambda rng: raw_sample(dataset, int(rng.integers(len(dataset))))
 
 
 def preview_grid(
@@ -81,7 +69,7 @@ def preview_grid(
     grid = Image.new("RGB", (cols * tile, rows * tile), GRID_BACKGROUND)
     boxes_in = boxes_out = 0
     for i in range(n):
-        image, boxes, classes = (raw_sample(source, i % count) if isinstance(source, YoloDataset)
+        image, boxes, classes = (source.raw_item(i % count) if isinstance(source, YoloDataset)
                                  else source[i % count])
         boxes_in += len(boxes)
         image, boxes, classes = transform(image, boxes, classes)
@@ -151,7 +139,7 @@ def preview_command(
             present = ", ".join(spec.splits) or "none"
             raise DataError(data, None, f"no split {split!r}; the yaml has {present}")
         dataset = YoloDataset(spec.splits[split], spec.num_classes, tile, channels=channels)
-        transform = build_transform(cfg, channels, seed=seed, sampler=dataset_sampler(dataset))
+        transform = build_transform(cfg, channels, seed=seed, sampler=dataset.random_raw_item)
         result = preview_grid(dataset, transform, out, n=n, cols=cols, tile=tile, names=spec.names)
     except ValueError as err:  # DataError, ConfigError and pydantic's ValidationError are ValueErrors
         console.print(f"[bold red]error:[/] {err}", highlight=False)

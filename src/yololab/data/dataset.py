@@ -85,15 +85,26 @@ class YoloDataset(Dataset):
         self.channels = channels
         self.transform = transform
         self.labels = [read_label_file(label_path(p), num_classes) for p in self.images]
+        if transform is not None and getattr(transform, "sampler", False) is None:
+            transform.sampler = self.random_raw_item  # mosaic draws its other images from this dataset
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Item ``index`` before augmentation and letterbox: (image HWC uint8, boxes [M, 4] cxcywh normalised
+        to the image, classes [M])."""
+        labels = self.labels[index]
+        return read_image(self.images[index], self.channels), labels[:, 1:], labels[:, 0]
+
+    def random_raw_item(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A random item's raw sample: the source of the extra images of a mosaic (a bound method, so it
+        pickles into spawned DataLoader workers)."""
+        return self.raw_item(int(rng.integers(len(self))))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         path = self.images[index]
-        image = read_image(path, self.channels)
-        labels = self.labels[index]
-        classes, boxes = labels[:, 0], labels[:, 1:]
+        image, boxes, classes = self.raw_item(index)
         if self.transform is not None:
             image, boxes, classes = self.transform(image, boxes, classes)
             boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -224,9 +224,11 @@ def _parse_label_line(line: str, num_classes: int, path: Path, lineno: int) -> l
     if min(x1, y1) < -BOX_TOLERANCE or max(x2, y2) > 1 + BOX_TOLERANCE:
         raise fail(f"box x {x1:.6g}..{x2:.6g}, y {y1:.6g}..{y2:.6g} lies outside the image [0, 1]")
     x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2))
-    if x2 <= x1 or y2 <= y1:
+    out = np.array([cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=np.float32)
+    # Checked after the cast to the float32 the labels are kept in: a width of 1e-300 is > 0 only in float64.
+    if x2 <= x1 or y2 <= y1 or out[3] <= 0 or out[4] <= 0:
         raise fail("box has no area inside the image")
-    return [cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+    return out.tolist()
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from yololab.data import DataSpec, YoloDataset, collate, label_path, load_data_yaml, validate_split
+from yololab.data.augment import AugmentConfig, build_transform
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -39,11 +40,12 @@ class YoloDataModule(L.LightningDataModule):
     before training, with its file and line, instead of crashing a worker mid-epoch."""
 
     def __init__(self, data_yaml: str | Path, img_size: int, batch_size: int, workers: int, channels: int,
-                 seed: int = 0):
+                 seed: int = 0, augment: AugmentConfig | None = None):
         super().__init__()
         self.spec: DataSpec = load_data_yaml(data_yaml)
         self.img_size, self.batch_size, self.workers = img_size, batch_size, workers
         self.channels, self.seed = channels, seed
+        self.augment = augment
         self.datasets: dict[str, YoloDataset] = {}
 
     def validate(self, splits: tuple[str, ...] = ("train", "val")) -> list[str]:
@@ -70,9 +72,13 @@ class YoloDataModule(L.LightningDataModule):
         return self.spec.splits[split]
 
     def dataset(self, split: str) -> YoloDataset:
+        """The split's dataset; only the training split is augmented."""
         if split not in self.datasets:
+            transform = None
+            if split == "train" and self.augment is not None and self.augment.enabled:
+                transform = build_transform(self.augment, self.channels, seed=self.seed)
             self.datasets[split] = YoloDataset(self._images(split), self.spec.num_classes, self.img_size,
-                                               channels=self.channels)
+                                               channels=self.channels, transform=transform)
         return self.datasets[split]
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:

@@ -110,7 +110,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     module = make_module(cfg, spec_names)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(cfg.data.data, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
-                          channels=module.model.channels, seed=cfg.train.seed)
+                          channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
     for line in data.validate():
         rank_zero_info(line)
     if first_process:
