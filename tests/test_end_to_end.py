@@ -102,6 +102,13 @@ def test_bad_label_stops_before_training(digits, tmp_path):
         train(_config(copy / "data.yaml", tmp_path, "bad", 1), progress="none")
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
+    # With the skip policy the run goes on without that image, and says so.
+    result = train(_config(copy / "data.yaml", tmp_path, "skip", 1, ["data.skip_bad=true"]), progress="none")
+    skipped = (tmp_path / "skip" / "skipped_images.txt").read_text().splitlines()
+    image = str(copy / "images" / "train" / label.with_suffix(".png").name)
+    assert len(skipped) == 1 and skipped[0].startswith(image + "\t") and "non-finite" in skipped[0]
+    assert result.last_checkpoint.exists()
+
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
 def test_ddp_two_cpu_processes(digits, tmp_path):

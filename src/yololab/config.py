@@ -32,6 +32,10 @@ class DataConfig(_Strict):
     )
     batch: int = Field(16, gt=0, description="Images per batch (per process under DDP).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    skip_bad: bool = Field(False, description="Train on the good images when some are bad, listing every "
+                           "skipped one; by default any bad image or label stops the run before training.")
+    validation_cache: bool = Field(True, description="Reuse the validation of an unchanged dataset "
+                                   "(keyed by file paths, sizes, mtimes and label contents).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig,
                                    description="Training-split augmentation (albumentations; data/augment.py).")
 

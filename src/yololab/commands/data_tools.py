@@ -170,12 +170,12 @@ def check_command(
 def _problem_table(errors: list[DataError], warnings: list[DataError], max_rows: int) -> Table:
     rows = [("error", e) for e in errors] + [("warning", w) for w in warnings]
     table = Table(title="problems")
-    for column in ("severity", "file", "line", "problem"):
+    for column in ("severity", "file:line", "problem"):
         table.add_column(column)
     for severity, problem in rows[:max_rows]:
         colour = "red" if severity == "error" else "yellow"
-        table.add_row(f"[{colour}]{severity}[/]", escape(problem.file),
-                      "" if problem.line is None else str(problem.line), escape(problem.problem))
+        where = problem.file if problem.line is None else f"{problem.file}:{problem.line}"
+        table.add_row(f"[{colour}]{severity}[/]", escape(where), escape(problem.problem))
     if len(rows) > max_rows:
         table.caption = f"... and {len(rows) - max_rows} more (--max-rows)"
     return table

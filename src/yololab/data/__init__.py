@@ -7,7 +7,11 @@ from yololab.data.digits import make_digits
 from yololab.data.errors import DataError
 from yololab.data.formats import Annotations, ImageRecord, convert, read_dataset
 from yololab.data.letterbox import LetterboxInfo, boxes_from_letterbox, boxes_to_letterbox, letterbox
+from yololab.data.sparse import make_sparse
 from yololab.data.splits import split_indices
+from yololab.data.stats import dataset_stats, plot_stats
+from yololab.data.stratify import stratified_split_indices
+from yololab.data.validation_cache import filter_bad, validate_cached
 from yololab.data.yolo_format import (
     DataSpec,
     ValidationReport,
@@ -33,14 +37,20 @@ __all__ = [
     "build_transform",
     "collate",
     "convert",
+    "dataset_stats",
+    "filter_bad",
     "label_path",
     "letterbox",
     "load_data_yaml",
     "make_digits",
+    "make_sparse",
     "parse_label_file",
+    "plot_stats",
     "read_dataset",
     "read_image",
     "read_label_file",
     "split_indices",
+    "stratified_split_indices",
+    "validate_cached",
     "validate_split",
 ]

@@ -85,6 +85,8 @@ def parse_size_mix(text: str) -> tuple[SizeBin, ...]:
         try:
             weight, sizes = item.split(":")
             low, high = (tuple(int(v) for v in side.lower().split("x")) for side in sizes.split("-"))
+            if len(low) != 2 or len(high) != 2:
+                raise ValueError("a size is WxH")
             bins.append(SizeBin(float(weight), low, high))
         except ValueError as err:
             raise ValueError(f"size mix {text!r}: expected 'weight:WxH-WxH' items separated by commas, "
@@ -144,7 +146,9 @@ def make_sparse(
         max_iou: objects of one image overlap by at most this IoU (placements are retried).
         seed: same seed and arguments, byte-identical files.
         overwrite: replace a previous dataset in ``out_dir`` (otherwise it must be empty or absent).
-        workers: processes writing images (default: the CPU count); the files do not depend on it.
+        workers: processes writing images (default: one per ``CHUNK_SIZE`` images, at most the CPU
+            count); the files do not depend on it. Processes are spawned: a script calling this with
+            several workers needs the usual ``if __name__ == "__main__":`` guard.
 
     Writes ``images/{train,val,test}/NNNNNN.png``, ``labels/{train,val,test}/NNNNNN.txt`` (``class cx cy
     w h`` normalised; empty for a background image) and ``data.yaml`` with a ``generator`` block
@@ -215,13 +219,21 @@ def _check_params(p: SparseParams) -> None:
 
 
 def _run_chunks(chunks: list[tuple], workers: int | None) -> None:
-    """Write every chunk, in worker processes when there are several chunks and workers."""
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    """Write every chunk, in worker processes when there are several chunks and workers.
+
+    By default there is one process per ``CHUNK_SIZE`` images, up to the CPU count: starting a process
+    costs more than writing a few hundred images.
+    """
+    if workers is None:
+        n_images = sum(stop - start for _, _, start, stop, *_ in chunks)
+        workers = min(os.cpu_count() or 1, n_images // CHUNK_SIZE)
+    workers = min(workers, len(chunks))
     if workers <= 1:
         for chunk in chunks:
             _write_chunk(chunk)
         return
-    # spawn, not fork: the parent may hold torch / OpenMP threads, which do not survive a fork.
+    # spawn, not fork: the parent may hold torch / OpenMP threads, which do not survive a fork. Like any
+    # spawning code, a script that calls make_sparse must guard it with `if __name__ == "__main__":`.
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         for _ in pool.imap_unordered(_write_chunk, chunks):
             pass

@@ -9,7 +9,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from yololab.data import DataSpec, YoloDataset, collate, label_path, load_data_yaml, validate_split
+from yololab.data import (
+    DataSpec,
+    YoloDataset,
+    collate,
+    filter_bad,
+    label_path,
+    load_data_yaml,
+    validate_cached,
+    validate_split,
+)
 from yololab.data.augment import AugmentConfig, build_transform
 
 
@@ -48,23 +57,38 @@ class YoloDataModule(L.LightningDataModule):
         self.augment = augment
         self.datasets: dict[str, YoloDataset] = {}
 
-    def validate(self, splits: tuple[str, ...] = ("train", "val")) -> list[str]:
-        """Raise a DataError listing every problem of the given splits (file and line for each).
+    def validate(self, splits: tuple[str, ...] = ("train", "val"), cache_dir: Path | None = None,
+                 skip_bad: bool = False) -> tuple[list[str], list[tuple[Path, str]]]:
+        """Check every image and label of the given splits before any loader is made.
 
-        Returns one summary line per split; images without a label file are legal (background, as in
-        ultralytics) but are counted and named in that line, never skipped silently.
+        Without ``skip_bad`` any problem raises one DataError listing them (file and line for each); with it,
+        bad images are left out of their split and returned with their reasons. ``cache_dir`` reuses the
+        result for an unchanged dataset. Returns one summary line per split and the skipped images. Images
+        without a label file are legal (background, as in ultralytics) but are counted and named in the
+        summary, never skipped silently.
         """
-        lines = []
+        lines, skipped = [], []
         for split in splits:
             source = f"{self.spec.yaml_path} [{split}]"
-            report = validate_split(self._images(split), self.spec.num_classes, source=source)
-            report.raise_if_errors()
+            images = self._images(split)
+            if cache_dir is None:
+                report = validate_split(images, self.spec.num_classes, source=source)
+            else:
+                report = validate_cached(images, self.spec.num_classes, cache_dir, source=source)
+            if skip_bad and not report.ok:
+                good, bad = filter_bad(images, report)
+                self.spec.splits[split] = good
+                skipped += bad
+            else:
+                report.raise_if_errors()
             line = f"{source}: {report.n_images} images, {report.n_boxes} boxes, {report.n_backgrounds} background"
             if report.n_missing_labels:
-                first = next(p for p in self._images(split) if not label_path(p).exists())
+                first = next(p for p in images if not label_path(p).exists())
                 line += f" ({report.n_missing_labels} without a label file, e.g. {label_path(first)})"
+            if skip_bad and not report.ok:
+                line += f"; {len(images) - len(self.spec.splits[split])} bad images skipped"
             lines.append(line)
-        return lines
+        return lines, skipped
 
     def _images(self, split: str) -> list[Path]:
         if split not in self.spec.splits:

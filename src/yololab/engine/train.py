@@ -13,11 +13,11 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
-from yololab.data import load_data_yaml
+from yololab.data import DataSpec, load_data_yaml
 from yololab.engine.checkpoint import AtomicCheckpointIO
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.metrics_log import MetricsJsonl, read_metrics
@@ -26,6 +26,8 @@ from yololab.model import load_darknet_weights, parse_cfg
 from yololab.model.build import read_cfg_text
 
 BEST_METRIC = "val/mAP50"
+VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
+MAX_LISTED_SKIPPED = 20  # skipped images named in the log (all of them go to skipped_images.txt)
 
 
 @dataclass
@@ -64,11 +66,24 @@ def _net_size(cfg_name: str) -> int:
     return width
 
 
-def _log_anchor_fit(cfg: RunConfig, module: YoloModule, path: Path) -> None:
-    """How the configured anchors fit the training boxes, written beside the run (the doctor reads it)."""
+def _list_skipped(skipped: list[tuple[Path, str]], path: Path) -> None:
+    """The skip policy is explicit and counted: every skipped image and why, in the log and in a file."""
+    if not skipped:
+        return
+    path.write_text("".join(f"{image}\t{reason}\n" for image, reason in skipped))
+    shown = "\n".join(f"  {image}: {reason}" for image, reason in skipped[:MAX_LISTED_SKIPPED])
+    more = f"\n  ... and {len(skipped) - MAX_LISTED_SKIPPED} more" if len(skipped) > MAX_LISTED_SKIPPED else ""
+    rank_zero_warn(f"skipped {len(skipped)} bad images (data.skip_bad=true), all listed in {path}:\n{shown}{more}")
+
+
+def _log_anchor_fit(cfg: RunConfig, spec: DataSpec, module: YoloModule, path: Path) -> None:
+    """How the configured anchors fit the training boxes, written beside the run (the doctor reads it).
+
+    ``spec`` is the validated dataset (bad images already left out under the skip policy)."""
     try:
-        fit = anchor_fit_report(cfg.data.data, module.model.anchors, module.model.strides, cfg.data.imgsz,
+        fit = anchor_fit_report(spec, module.model.anchors, module.model.strides, cfg.data.imgsz,
                                 cfg.loss.anchor_t)
+        fit["data"] = str(cfg.data.data)
     except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
         rank_zero_info(f"anchor fit not computed: {err}")
         return
@@ -111,12 +126,15 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(cfg.data.data, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
-    for line in data.validate():
+    cache_dir = Path(cfg.project) / VALIDATION_CACHE if cfg.data.validation_cache else None
+    lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad)
+    for line in lines:
         rank_zero_info(line)
     if first_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _log_anchor_fit(cfg, module, run_dir / "anchor_fit.json")
+        _list_skipped(skipped, run_dir / "skipped_images.txt")
+        _log_anchor_fit(cfg, data.spec, module, run_dir / "anchor_fit.json")
 
     trainer = L.Trainer(
         default_root_dir=run_dir,
