@@ -34,10 +34,10 @@ from yololab.data.validation_cache import check_channels, find_duplicate_lines
 from yololab.data.yolo_format import (
     BOX_TOLERANCE,
     SPLIT_KEYS,
-    _resolve_split,
     label_path,
     load_data_yaml,
     parse_label_file,
+    resolve_split,
     validate_split,
 )
 
@@ -114,7 +114,7 @@ def _splits_to_check(path: Path, nc: int | None) -> tuple[dict[str, list[Path]],
 def _list_images(path: Path) -> list[Path]:
     """Images of a folder (recursively, sorted) or of a .txt list (entries relative to the list's folder)."""
     path = path.resolve()
-    return _resolve_split("images", str(path), path.parent if path.is_file() else path, path, None)
+    return resolve_split("images", str(path), path.parent if path.is_file() else path, path, None)
 
 
 def check_command(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import yaml
 from PIL import Image
 
 from yololab.data.splits import DEFAULT_FRACTIONS, split_indices
+from yololab.data.synthetic import label_line, pair_iou, prepare_output_dir
 
 MNIST_SIDE = 28  # MNIST digits are 28 x 28 grey images
 NUM_CLASSES = 10
@@ -41,7 +41,6 @@ DEFAULT_SIZES = {"n_train": 2000, "n_val": 250, "n_test": 250, "img_size": 256}
 TINY_SIZES = {"n_train": 16, "n_val": 4, "n_test": 4, "img_size": 128}
 INDEX_FILE = "mnist_indices.json"
 PNG_COMPRESS_LEVEL = 1  # mostly-black images compress well even at zlib's fastest level
-LABEL_DECIMALS = 6
 
 
 @functools.cache
@@ -90,7 +89,7 @@ def make_digits(
     counts = {"train": sizes["n_train"], "val": sizes["n_val"], "test": sizes["n_test"]}
 
     out_dir = Path(out_dir).resolve()
-    _prepare(out_dir, overwrite)
+    prepare_output_dir(out_dir, overwrite, extra_files=(INDEX_FILE,))
     digits, classes = load_mnist()
     pools = dict(zip(SPLITS, split_indices(len(digits), DEFAULT_FRACTIONS, seed), strict=True))
     used = {}
@@ -124,18 +123,6 @@ def make_digits(
     return yaml_path
 
 
-def _prepare(out_dir: Path, overwrite: bool) -> None:
-    """Make ``out_dir``; with ``overwrite`` remove only what a previous run wrote."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace the dataset")
-        for name in ("images", "labels"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-        for name in ("data.yaml", INDEX_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _write_split(out_dir, split, count, pool, digits, classes, rng, size, side_range, digits_per_image,
                  max_iou) -> list[int]:
     """Render and write ``count`` images of one split; returns the sorted MNIST indices used."""
@@ -146,7 +133,7 @@ def _write_split(out_dir, split, count, pool, digits, classes, rng, size, side_r
     for i in range(count):
         canvas, placed = render_image(rng, digits, pool, size, side_range, digits_per_image, max_iou)
         Image.fromarray(canvas).save(image_dir / f"{i:06d}.png", compress_level=PNG_COMPRESS_LEVEL)
-        lines = [_label_line(classes[index], box, size) for index, box in placed]
+        lines = [label_line(classes[index], box, size) for index, box in placed]
         (label_dir / f"{i:06d}.txt").write_text("".join(lines))
         used.update(int(index) for index, _ in placed)
     return sorted(used)
@@ -170,7 +157,7 @@ def render_image(rng, digits, pool, size, side_range, digits_per_image, max_iou)
         for _ in range(MAX_PLACEMENT_TRIES):
             ox, oy = (int(v) for v in rng.integers(0, size - side + 1, size=2))
             box = (ox + cols.min(), oy + rows.min(), ox + cols.max() + 1, oy + rows.max() + 1)
-            if all(_iou(box, other) <= max_iou for _, other in placed):
+            if all(pair_iou(box, other) <= max_iou for _, other in placed):
                 region = canvas[oy:oy + side, ox:ox + side]
                 np.maximum(region, patch, out=region)  # max blend: overlapping strokes stay visible
                 placed.append((index, tuple(int(v) for v in box)))
@@ -186,19 +173,3 @@ def _digit_patch(digit: np.ndarray, rng, side_range) -> np.ndarray:
     grey = np.asarray(resized, dtype=np.float32)
     colour = rng.integers(COLOUR_MIN, 256, size=3).astype(np.float32) / 255
     return np.round(grey[:, :, None] * colour).astype(np.uint8)
-
-
-def _iou(a, b) -> float:
-    """IoU of two xyxy boxes (tuples)."""
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
-def _label_line(cls: int, box, size: int) -> str:
-    """``class cx cy w h`` normalised by the image size, for a pixel xyxy box."""
-    x1, y1, x2, y2 = box
-    values = ((x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size)
-    return f"{int(cls)} " + " ".join(f"{v:.{LABEL_DECIMALS}f}" for v in values) + "\n"

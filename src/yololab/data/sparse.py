@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from yololab.data.digits import _iou, _label_line, _prepare
+from yololab.data.synthetic import label_line, pair_iou, prepare_output_dir
 
 SHAPES = ("track", "shower", "blob")  # the hit patterns an object can be drawn as
 DEFAULT_CLASSES = ("track", "shower")
@@ -163,7 +163,7 @@ def make_sparse(
         raise ValueError(f"image counts must be >= 0, got {counts}")
 
     out_dir = Path(out_dir).resolve()
-    _prepare(out_dir, overwrite)
+    prepare_output_dir(out_dir, overwrite)
     chunks = []
     for split_number, split in enumerate(SPLITS):
         for sub in ("images", "labels"):
@@ -249,7 +249,7 @@ def _write_chunk(chunk: tuple) -> None:
         pixels = canvas[:, :, 0] if params.channels == 1 else canvas
         Image.fromarray(pixels).save(out_dir / "images" / split / f"{index:06d}.png",
                                      compress_level=PNG_COMPRESS_LEVEL)
-        lines = [_label_line(cls, box, params.img_size) for cls, box in objects]
+        lines = [label_line(cls, box, params.img_size) for cls, box in objects]
         (out_dir / "labels" / split / f"{index:06d}.txt").write_text("".join(lines))
 
 
@@ -273,7 +273,7 @@ def render_sparse_image(rng: np.random.Generator, params: SparseParams):
             ox, oy = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
             x1, y1 = ox + int(cols.min()), oy + int(rows.min())
             box = (x1, y1, ox + int(cols.max()) + 1, oy + int(rows.max()) + 1)
-            if all(_iou(box, other) <= params.max_iou for _, other in objects):
+            if all(pair_iou(box, other) <= params.max_iou for _, other in objects):
                 region = canvas[oy:oy + h, ox:ox + w]
                 np.maximum(region, patch, out=region)
                 objects.append((cls, box))

@@ -85,7 +85,7 @@ def load_data_yaml(path: str | Path) -> DataSpec:
     splits = {}
     for key in SPLIT_KEYS:
         if data.get(key) is not None:
-            splits[key] = _resolve_split(key, data[key], root, yaml_path, lines.get(key))
+            splits[key] = resolve_split(key, data[key], root, yaml_path, lines.get(key))
     if "train" not in splits:
         raise DataError(yaml_path, None, "no 'train' split")
     return DataSpec(yaml_path=yaml_path, root=root, names=names, splits=splits)
@@ -113,7 +113,7 @@ def _parse_names(names, nc, yaml_path: Path, lines: dict[str, int]) -> list[str]
     return [str(n) for n in names]
 
 
-def _resolve_split(key: str, value, root: Path, yaml_path: Path, line: int | None) -> list[Path]:
+def resolve_split(key: str, value, root: Path, yaml_path: Path, line: int | None) -> list[Path]:
     """Image paths of one split entry: a folder, a ``.txt`` list, or a list of those."""
     entries = value if isinstance(value, list) else [value]
     images: list[Path] = []
