@@ -16,7 +16,9 @@ from rich.table import Table
 from yololab.commands.anchors import anchors_command
 from yololab.commands.convert import convert_command
 from yololab.commands.data_tools import check_command, make_sparse_command, split_command, stats_command
+from yololab.commands.doctor import doctor_command
 from yololab.commands.preview import preview_command
+from yololab.commands.report import compare_command, report_command
 from yololab.config import ConfigError, RunConfig, build_config, load_config
 
 app = typer.Typer(
@@ -333,6 +335,9 @@ def check_loss(
 
 
 app.command("anchors")(anchors_command)
+app.command("doctor")(doctor_command)
+app.command("report")(report_command)
+app.command("compare")(compare_command)
 data_app.command("preview")(preview_command)
 data_app.command("convert")(convert_command)
 

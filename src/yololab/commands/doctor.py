@@ -1,0 +1,59 @@
+"""``yololab doctor RUN``: what is wrong with a training run and which config change to try."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from yololab.diagnostics.doctor import FINDINGS_FILE, DoctorInputError, Finding, diagnose_run
+
+console = Console()
+
+EXIT_ERROR = 2  # the exit status of every yololab command on bad input
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def doctor_command(
+    run: Annotated[Path, typer.Argument(help="Run folder holding metrics.jsonl (and anchor_fit.json, "
+                                             "config.yaml when present).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the findings as JSON instead of a table.")]
+    = False,
+) -> None:
+    """Read a run's metrics and anchor fit, print the findings and write them to RUN/findings.json.
+
+    Exits 0 even when there are findings (it is a report); 2 when the run cannot be read.
+
+    Example: yololab doctor runs/train
+    """
+    try:
+        findings = diagnose_run(run)
+    except (DoctorInputError, OSError) as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        raise typer.Exit(EXIT_ERROR) from None
+    if json_out:
+        print(json.dumps(json.loads((run / FINDINGS_FILE).read_text()), indent=2))
+        return
+    _print_table(findings, run)
+
+
+def _print_table(findings: list[Finding], run: Path) -> None:
+    if not findings:
+        console.print(f"no findings for {escape(str(run))}")
+    else:
+        table = Table(title=f"doctor: {escape(str(run))}")
+        for column in ("severity", "scale/term", "first epoch", "finding", "suggested change"):
+            table.add_column(column)
+        for f in findings:
+            where = "/".join(str(x) for x in (f"s{f.scale}" if f.scale is not None else None, f.term) if x)
+            change = ", ".join(f"{k}={v}" for k, v in f.changes.items())
+            table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", where or "-",
+                          "-" if f.first_epoch is None else str(f.first_epoch), escape(f.message),
+                          escape(f"{f.suggestion} {change}".strip()))
+        console.print(table)
+    console.print(f"wrote {escape(str(run / FINDINGS_FILE))}")

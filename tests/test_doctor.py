@@ -1,0 +1,442 @@
+"""The doctor's rules on hand-built metric histories: each must fire on its pattern and stay quiet on a
+healthy run; the CLI writes findings.json and exits 0 with findings, 2 on unreadable input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from yololab.commands.doctor import doctor_command
+from yololab.diagnostics import DoctorConfig, DoctorInputError, diagnose, diagnose_run
+
+EPOCHS = 6
+SCALES = 3
+TERMS = ("box", "obj", "noobj", "cls")
+
+
+def healthy_rows() -> list[dict]:
+    """A run that learns: losses fall on both splits, objectness separates, IoU and mAP rise.
+
+    Values are shaped like a real yololab run's metrics.jsonl (3 scales, the default giou preset).
+    """
+    rows = []
+    for e in range(EPOCHS):
+        for split in ("train", "val"):
+            row = {"epoch": e, "split": split, "step": 10 * (e + 1)}
+            for s in range(SCALES):
+                for i, term in enumerate(TERMS):
+                    row[f"loss/{term}/s{s}"] = (0.5 + 0.1 * i + 0.05 * s) * 0.9 ** e
+                    row[f"unweighted/{term}/s{s}"] = row[f"loss/{term}/s{s}"]
+                row[f"stat/n_pos/s{s}"] = 10.0 + 10 * s
+                row[f"stat/n_ignored/s{s}"] = 1.0
+                row[f"stat/iou/s{s}"] = 0.4 + 0.06 * e
+                row[f"stat/obj_pos/s{s}"] = 0.4 + 0.08 * e
+                row[f"stat/obj_neg/s{s}"] = 0.01 / (e + 1)
+                row[f"stat/cls_prob/s{s}"] = 0.5 + 0.05 * e
+                row[f"stat/recall50/s{s}"] = 0.3 + 0.1 * e
+                row[f"stat/recall75/s{s}"] = 0.05 * e
+            if split == "train":
+                row["lr"] = 2e-3
+                row["warmup"] = 0.5 if e == 0 else 0.0
+            else:
+                row["mAP50"] = 0.1 + 0.1 * e
+                row["mAP50_95"] = 0.05 + 0.05 * e
+            rows.append(_retotal(row))
+    return rows
+
+
+HEALTHY_FIT = {
+    "mean_best_iou": 0.74, "bpr_iou50": 0.93, "bpr_ratio": 1.0, "share_per_scale": [0.2, 0.35, 0.45],
+    "spread_per_scale": [{"area_ratio": 3.5, "aspect_ratio": 1.0}, {"area_ratio": 3.6, "aspect_ratio": 1.01},
+                         {"area_ratio": 4.5, "aspect_ratio": 1.01}],
+}
+
+
+def _retotal(row: dict) -> dict:
+    terms = [v for k, v in row.items() if k.startswith("loss/") and k != "loss/total"]
+    row["loss/total"] = sum(terms) if all(v is not None for v in terms) else None
+    return row
+
+
+def set_values(rows: list[dict], split: str, key: str, values: dict[int, float | None],
+               retotal: bool = True) -> list[dict]:
+    """Set ``key`` of the ``split`` rows of the given epochs (and recompute loss/total from the terms)."""
+    for row in rows:
+        if row["split"] == split and row["epoch"] in values:
+            row[key] = values[row["epoch"]]
+            if retotal and key.startswith("loss/") and key != "loss/total":
+                _retotal(row)
+    return rows
+
+
+def only(findings, rule):
+    return [f for f in findings if f.rule == rule]
+
+
+# --------------------------------------------------------------------------------------------- healthy
+
+
+def test_healthy_history_gives_no_findings():
+    assert diagnose(healthy_rows(), HEALTHY_FIT, DoctorConfig()) == []
+
+
+def test_real_like_tiny_run_gives_no_errors():
+    # the shape of a 4-epoch digits run: no positives at s0 in val (stats null, terms 0), objectness not yet
+    # separated but IoU 0.3-0.45, a scale that anchor_fit gives no truths
+    rows = healthy_rows()
+    for s in (1, 2):
+        set_values(rows, "val", f"stat/obj_pos/s{s}", {e: 0.004 for e in range(EPOCHS)})
+        set_values(rows, "val", f"stat/obj_neg/s{s}", {e: 0.004 for e in range(EPOCHS)})
+        set_values(rows, "val", f"stat/iou/s{s}", {e: 0.31 for e in range(EPOCHS)})
+    for name in ("iou", "obj_pos", "cls_prob", "recall50", "recall75"):
+        set_values(rows, "val", f"stat/{name}/s0", {e: None for e in range(EPOCHS)})
+    for term in ("box", "obj", "cls"):
+        set_values(rows, "val", f"loss/{term}/s0", {e: 0.0 for e in range(EPOCHS)})
+    fit = {**HEALTHY_FIT, "share_per_scale": [0.0, 0.375, 0.625]}
+    findings = diagnose(rows, fit, DoctorConfig())
+    assert [f for f in findings if f.severity == "error"] == []
+    assert [(f.rule, f.scale) for f in findings] == [("scale_without_truths", 0)]
+
+
+# --------------------------------------------------------------------------------------------- rule 1
+
+
+def test_targets_not_found_fires_on_unseparated_objectness_and_zero_iou():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_pos/s1", {e: 0.02 for e in range(EPOCHS)})
+    set_values(rows, "val", "stat/obj_neg/s1", {e: 0.015 for e in range(EPOCHS)})  # ratio 1.33 < 2
+    set_values(rows, "val", "stat/iou/s1", {e: 0.03 for e in range(EPOCHS)})
+    found = only(diagnose(rows, HEALTHY_FIT), "targets_not_found")
+    assert len(found) == 1
+    f = found[0]
+    assert (f.severity, f.scale, f.term, f.first_epoch) == ("error", 1, "obj", 1)  # epoch 0 is settling
+    assert f.numbers == {"obj_pos": 0.02, "obj_neg": 0.015, "iou": 0.03}
+    assert "encoding" in f.suggestion
+
+
+def test_targets_not_found_quiet_when_iou_is_fine():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_pos/s1", {e: 0.004 for e in range(EPOCHS)})
+    set_values(rows, "val", "stat/obj_neg/s1", {e: 0.004 for e in range(EPOCHS)})
+    set_values(rows, "val", "stat/iou/s1", {e: 0.43 for e in range(EPOCHS)})
+    assert only(diagnose(rows, HEALTHY_FIT), "targets_not_found") == []
+
+
+# --------------------------------------------------------------------------------------------- rule 2
+
+
+def test_low_but_separated_objectness_suggests_threshold_and_target():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_pos/s0", {e: 0.3 for e in range(EPOCHS)})
+    set_values(rows, "val", "stat/obj_neg/s0", {e: 0.002 for e in range(EPOCHS)})
+    found = only(diagnose(rows, HEALTHY_FIT, loss={"obj_target": "iou", "obj_weight": 1.5}),
+                 "low_separated_objectness")
+    assert len(found) == 1
+    f = found[0]
+    assert (f.severity, f.scale, f.term, f.first_epoch) == ("info", 0, "obj", 1)
+    assert f.numbers["obj_pos"] == 0.3 and f.numbers["ratio"] == pytest.approx(150.0)
+    assert f.changes == {"loss.obj_weight": 3.0, "loss.obj_target": "one"}
+
+
+def test_low_objectness_not_separated_is_not_this_rule():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_pos/s0", {e: 0.3 for e in range(EPOCHS)})
+    set_values(rows, "val", "stat/obj_neg/s0", {e: 0.2 for e in range(EPOCHS)})  # ratio 1.5
+    assert only(diagnose(rows, HEALTHY_FIT), "low_separated_objectness") == []
+
+
+# --------------------------------------------------------------------------------------------- rule 3
+
+
+def test_false_positive_objectness_from_the_epoch_it_started():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_neg/s2", {3: 0.3, 4: 0.35, 5: 0.4})
+    found = only(diagnose(rows, HEALTHY_FIT, loss={"noobj_weight": 1.5}), "false_positive_objectness")
+    assert len(found) == 1
+    f = found[0]
+    assert (f.severity, f.scale, f.term, f.first_epoch) == ("warning", 2, "noobj", 3)
+    assert f.numbers == {"obj_neg": 0.4, "obj_pos": pytest.approx(0.4 + 0.08 * 5)}
+    assert f.changes == {"loss.noobj_weight": 3.0}
+
+
+def test_false_positive_objectness_quiet_when_it_recovers():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_neg/s2", {2: 0.3, 3: 0.2})  # high for a while, low at the end
+    assert only(diagnose(rows, HEALTHY_FIT), "false_positive_objectness") == []
+
+
+# --------------------------------------------------------------------------------------------- rule 4
+
+
+@pytest.mark.parametrize(("box_loss", "changes"), [("mse", {"loss.box_loss": "giou"}),
+                                                   ("giou", {"model.cfg": "NEW.cfg"})])
+def test_lagging_scale_iou(box_loss, changes):
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/iou/s2", {e: 0.15 + 0.005 * e for e in range(EPOCHS)})
+    found = only(diagnose(rows, HEALTHY_FIT, loss={"box_loss": box_loss}), "lagging_scale_iou")
+    assert len(found) == 1
+    f = found[0]
+    assert (f.severity, f.scale, f.term, f.first_epoch) == ("warning", 2, "box", 0)
+    assert f.numbers["iou_first"] == 0.15 and f.numbers["iou_last"] == pytest.approx(0.175)
+    assert f.numbers["improving_scales"] == [0, 1]
+    assert f.changes == changes
+
+
+def test_lagging_iou_quiet_when_no_scale_improves():
+    rows = healthy_rows()
+    for s in range(SCALES):  # all flat: a global problem, not one scale's
+        set_values(rows, "val", f"stat/iou/s{s}", {e: 0.2 for e in range(EPOCHS)})
+    assert only(diagnose(rows, HEALTHY_FIT), "lagging_scale_iou") == []
+
+
+# --------------------------------------------------------------------------------------------- rule 5
+
+
+def test_overfitting_names_term_scale_and_start():
+    rows = healthy_rows()
+    set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.85, 4: 0.9, 5: 0.95})
+    found = only(diagnose(rows, HEALTHY_FIT), "overfitting")
+    assert len(found) == 1
+    f = found[0]
+    assert (f.severity, f.scale, f.term, f.first_epoch) == ("warning", 1, "obj", 3)
+    train = (0.5 + 0.1 + 0.05) * 0.9 ** 2, (0.5 + 0.1 + 0.05) * 0.9 ** 5
+    assert f.numbers == {"val_before": 0.8, "val_after": 0.95, "train_before": pytest.approx(train[0]),
+                         "train_after": pytest.approx(train[1]), "epochs": 3}
+    assert f.changes == {"train.epochs": 3}
+
+
+def test_overfitting_needs_k_rising_epochs():
+    rows = healthy_rows()
+    set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.7, 4: 0.9, 5: 0.95})  # 2 rises
+    assert only(diagnose(rows, HEALTHY_FIT), "overfitting") == []
+    assert len(only(diagnose(rows, HEALTHY_FIT, DoctorConfig(overfit_epochs=2)), "overfitting")) == 1
+
+
+# --------------------------------------------------------------------------------------------- rule 6
+
+
+def test_identically_zero_class_term_with_softmax():
+    rows = healthy_rows()
+    for split in ("train", "val"):
+        set_values(rows, split, "loss/cls/s0", {e: 0.0 for e in range(EPOCHS)})
+    found = only(diagnose(rows, HEALTHY_FIT, loss={"cls_loss": "softmax_ce"}), "zero_term")
+    assert [(f.severity, f.scale, f.term, f.first_epoch) for f in found] == [("warning", 0, "cls", 0)]
+    assert found[0].numbers == {"epochs": EPOCHS, "max_abs": 0.0}
+    assert found[0].changes == {"loss.cls_loss": "bce"}
+
+
+def test_zero_terms_at_a_scale_without_truths_are_fine():
+    rows = healthy_rows()
+    set_values(rows, "train", "stat/n_pos/s0", {e: 0.0 for e in range(EPOCHS)})
+    for term in ("box", "obj", "cls"):
+        set_values(rows, "train", f"loss/{term}/s0", {e: 0.0 for e in range(EPOCHS)})
+    assert only(diagnose(rows, HEALTHY_FIT), "zero_term") == []
+
+
+def test_negative_and_non_finite_terms():
+    rows = healthy_rows()
+    set_values(rows, "val", "loss/box/s0", {2: -0.1, 3: -0.2})
+    set_values(rows, "train", "loss/obj/s1", {4: None})
+    found = only(diagnose(rows, HEALTHY_FIT), "bad_term")
+    got = {(f.numbers["split"], f.scale, f.term): f for f in found}
+    neg = got[("val", 0, "box")]
+    assert (neg.severity, neg.first_epoch, neg.numbers["value"], neg.numbers["epochs"]) == ("error", 2, -0.1, 2)
+    nan = got[("train", 1, "obj")]
+    assert (nan.first_epoch, nan.numbers["value"]) == (4, None)
+    # the total of that row is null too (it cannot be finite when a term is not)
+    assert got[("train", None, "total")].first_epoch == 4
+    assert len(found) == 3
+
+
+def test_terms_that_do_not_add_up():
+    rows = healthy_rows()
+    set_values(rows, "train", "loss/total", {2: 100.0, 3: 100.0})
+    found = only(diagnose(rows, HEALTHY_FIT), "terms_do_not_add_up")
+    assert len(found) == 1
+    f = found[0]
+    expected = sum((0.5 + 0.1 * i + 0.05 * s) * 0.9 ** 2 for i in range(4) for s in range(SCALES))
+    assert (f.severity, f.first_epoch, f.term) == ("error", 2, "total")
+    assert f.numbers["sum_of_terms"] == pytest.approx(expected) and f.numbers["total"] == 100.0
+    assert only(diagnose(rows, HEALTHY_FIT, loss={"aggregation": "sqrt"}), "terms_do_not_add_up") == []
+
+
+# --------------------------------------------------------------------------------------------- rule 7
+
+
+def test_anchor_rules_fire_on_a_bad_fit():
+    fit = {**HEALTHY_FIT, "bpr_ratio": 0.9, "share_per_scale": [0.01, 0.49, 0.5],
+           "spread_per_scale": [{"area_ratio": 3.5, "aspect_ratio": 1.0}, {"area_ratio": 20.0, "aspect_ratio": 1.0},
+                                {"area_ratio": 4.5, "aspect_ratio": 5.0}]}
+    findings = diagnose(healthy_rows(), fit)
+    assert [f.numbers for f in only(findings, "anchors_low_recall")] == [{"bpr_ratio": 0.9, "bpr_iou50": 0.93}]
+    assert [f.scale for f in only(findings, "anchors_spread")] == [1, 2]
+    starved = only(findings, "scale_without_truths")
+    assert [(f.scale, f.numbers["share"]) for f in starved] == [(0, 0.01)]
+
+
+def test_scale_without_truths_from_n_pos_when_no_anchor_fit():
+    rows = healthy_rows()
+    set_values(rows, "train", "stat/n_pos/s0", {e: 0.5 for e in range(EPOCHS)})
+    found = only(diagnose(rows, None), "scale_without_truths")
+    assert [(f.scale, f.numbers["source"]) for f in found] == [(0, "stat/n_pos")]
+    assert found[0].numbers["share"] == pytest.approx(0.5 / (0.5 + 20 + 30))
+    assert diagnose(healthy_rows(), None) == []
+
+
+# --------------------------------------------------------------------------------------------- rule 8
+
+
+def _scale_terms(rows, epoch, factor):
+    for row in rows:
+        if row["split"] == "train" and row["epoch"] == epoch:
+            for key in [k for k in row if k.startswith("loss/") and k != "loss/total"]:
+                row[key] *= factor
+            _retotal(row)
+
+
+def test_loss_spike():
+    rows = healthy_rows()
+    _scale_terms(rows, 3, 4.0)
+    found = only(diagnose(rows, HEALTHY_FIT), "loss_spike")
+    assert len(found) == 1
+    f = found[0]
+    total = sum((0.5 + 0.1 * i + 0.05 * s) for i in range(4) for s in range(SCALES))
+    assert (f.severity, f.first_epoch) == ("warning", 3)
+    assert f.numbers == {"before": pytest.approx(total * 0.9 ** 2), "after": pytest.approx(4 * total * 0.9 ** 3)}
+    assert f.changes == {"optim.lr": pytest.approx(2e-4)}
+    assert only(diagnose(rows, HEALTHY_FIT), "divergence") == []  # back to normal afterwards
+
+
+def test_divergence():
+    rows = healthy_rows()
+    _scale_terms(rows, 4, 2.0)
+    _scale_terms(rows, 5, 4.0)  # lowest at epoch 3 (0.9^3); epoch 5 is 4 * 0.9^5 / 0.9^3 = 3.24x that
+    found = only(diagnose(rows, HEALTHY_FIT), "divergence")
+    assert len(found) == 1
+    assert (found[0].severity, found[0].first_epoch) == ("error", 4)
+    assert found[0].numbers["last"] / found[0].numbers["lowest"] == pytest.approx(4 * 0.9 ** 5 / 0.9 ** 3)
+
+
+def test_collapse_right_after_warmup():
+    rows = healthy_rows()
+    set_values(rows, "train", "warmup", {0: 1.0, 1: 0.6, 2: 0.0})
+    set_values(rows, "val", "mAP50", {1: 0.4, 2: 0.1})
+    found = only(diagnose(rows, HEALTHY_FIT), "collapse_after_warmup")
+    assert len(found) == 1
+    f = found[0]
+    assert (f.severity, f.first_epoch) == ("error", 2)
+    assert f.numbers == {"metric": "mAP50", "before": 0.4, "after": 0.1}
+
+
+def test_no_collapse_when_metrics_keep_rising():
+    rows = healthy_rows()
+    set_values(rows, "train", "warmup", {0: 1.0, 1: 0.6, 2: 0.0})
+    assert only(diagnose(rows, HEALTHY_FIT), "collapse_after_warmup") == []
+
+
+# --------------------------------------------------------------------------------------------- ordering
+
+
+def test_findings_sorted_by_severity():
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_pos/s0", {e: 0.3 for e in range(EPOCHS)})  # info
+    set_values(rows, "val", "stat/obj_neg/s0", {e: 0.002 for e in range(EPOCHS)})
+    set_values(rows, "train", "loss/total", {1: 100.0})  # error
+    set_values(rows, "val", "stat/obj_neg/s2", {5: 0.5})  # warning
+    severities = [f.severity for f in diagnose(rows, HEALTHY_FIT)]  # the total of 100 is also a spike
+    assert severities == ["error", "warning", "warning", "info"]
+
+
+# --------------------------------------------------------------------------------------------- run folder, CLI
+
+
+def _write_run(path, rows, fit=None, loss=None):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if fit is not None:
+        (path / "anchor_fit.json").write_text(json.dumps(fit))
+    if loss is not None:
+        (path / "config.yaml").write_text(yaml.safe_dump({"preset": "keras-yolo3", "loss": loss}))
+    return path
+
+
+def _misencoded_rows():
+    rows = healthy_rows()
+    for s in range(SCALES):
+        set_values(rows, "val", f"stat/obj_pos/s{s}", {e: 0.01 for e in range(EPOCHS)})
+        set_values(rows, "val", f"stat/obj_neg/s{s}", {e: 0.01 for e in range(EPOCHS)})
+        set_values(rows, "val", f"stat/iou/s{s}", {e: 0.02 for e in range(EPOCHS)})
+    return rows
+
+
+def test_diagnose_run_reads_config_and_writes_findings(tmp_path):
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/iou/s2", {e: 0.15 for e in range(EPOCHS)})
+    run = _write_run(tmp_path / "r", rows, HEALTHY_FIT, {"box_loss": "mse"})
+    findings = diagnose_run(run)
+    assert [(f.rule, f.changes) for f in findings] == [("lagging_scale_iou", {"loss.box_loss": "giou"})]
+    written = json.loads((run / "findings.json").read_text())
+    assert written[0]["rule"] == "lagging_scale_iou" and written[0]["scale"] == 2
+
+
+def test_infinite_ratio_written_as_null(tmp_path):
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/obj_pos/s0", {e: 0.3 for e in range(EPOCHS)})
+    set_values(rows, "val", "stat/obj_neg/s0", {e: 0.0 for e in range(EPOCHS)})
+    run = _write_run(tmp_path / "r", rows)
+    assert math.isinf(diagnose_run(run)[0].numbers["ratio"])
+    assert json.loads((run / "findings.json").read_text())[0]["numbers"]["ratio"] is None
+
+
+def test_bad_metrics_line_names_file_and_line(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(healthy_rows()[0]) + "\n{not json\n")
+    with pytest.raises(DoctorInputError, match=r"metrics\.jsonl:2: not JSON"):
+        diagnose_run(run)
+    (run / "metrics.jsonl").write_text('{"epoch": 0, "split": "test"}\n')
+    with pytest.raises(DoctorInputError, match=r"metrics\.jsonl:1: expected"):
+        diagnose_run(run)
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(doctor_command)
+    return app
+
+
+def test_cli_reports_findings_and_exits_zero(tmp_path):
+    run = _write_run(tmp_path / "r", _misencoded_rows(), HEALTHY_FIT)
+    result = CliRunner().invoke(_app(), [str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "error" in result.output and "cannot find its targets" in result.output
+    written = json.loads((run / "findings.json").read_text())
+    assert {(f["rule"], f["scale"]) for f in written} == {("targets_not_found", s) for s in range(SCALES)}
+
+
+def test_cli_json_output(tmp_path):
+    run = _write_run(tmp_path / "r", _misencoded_rows(), HEALTHY_FIT)
+    result = CliRunner().invoke(_app(), [str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [f["rule"] for f in json.loads(result.output)] == ["targets_not_found"] * SCALES
+
+
+def test_cli_healthy_run(tmp_path):
+    run = _write_run(tmp_path / "r", healthy_rows(), HEALTHY_FIT)
+    result = CliRunner().invoke(_app(), [str(run)])
+    assert result.exit_code == 0 and "no findings" in result.output
+    assert json.loads((run / "findings.json").read_text()) == []
+
+
+def test_cli_unreadable_input_exits_two(tmp_path):
+    result = CliRunner().invoke(_app(), [str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no metrics.jsonl" in result.output
+    run = _write_run(tmp_path / "r", healthy_rows())
+    (run / "anchor_fit.json").write_text("{")
+    result = CliRunner().invoke(_app(), [str(run)])
+    assert result.exit_code == 2 and "anchor_fit.json" in result.output

@@ -1,0 +1,299 @@
+"""HTML report and run comparison on hand-written run folders (metrics.jsonl, config, anchor fit, findings)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from yololab.commands.report import compare_command, report_command
+from yololab.config import build_config, save_config
+from yololab.diagnostics.report import ReportError, compare_runs, write_report
+
+MIN_PNG_BYTES = 2_000  # a blank or empty plot compresses far below this
+EVIL_NAME = "<script>alert('x')</script>"
+
+# Val mAP per epoch, chosen so that the best epoch (1) is neither the first nor the last.
+VAL_MAP50 = [0.10, 0.35, 0.30]
+VAL_MAP50_95 = [0.04, 0.12, 0.11]
+VAL_TOTAL = [9.0, 6.5, 4.25]
+VAL_IOU = {0: [0.40, 0.52, 0.61], 1: [None, 0.47, 0.55]}  # s1 had no positives in epoch 0
+FINDINGS = [
+    {"rule": "objectness_collapse", "severity": "error", "scale": 1, "term": "obj", "first_epoch": 2,
+     "numbers": {"obj_pos": 0.01}, "message": "obj_pos fell below 0.05 & stays there",
+     "suggestion": "lower noobj weight", "changes": ["loss.noobj_weight=0.5"]},
+    {"rule": "val_overfit", "severity": "warning", "scale": 0, "term": "cls", "first_epoch": 1,
+     "numbers": {"gap": 0.4}, "message": "val cls rises while train falls", "suggestion": "augment",
+     "changes": []},
+]
+ANCHOR_FIT = {"n_truths": 40, "n_anchors": 4, "anchor_t": 4.0, "anchors": [[10, 14], [23, 27], [37, 58], [81, 82]],
+              "mean_best_iou": 0.7123, "bpr_iou50": 0.875, "share_per_anchor": [0.1, 0.2, 0.3, 0.4],
+              "share_per_scale": [0.7, 0.3], "strides": [32, 16]}
+
+
+def _rows(scale_offset: float = 0.0) -> list[dict]:
+    rows = []
+    for epoch in range(3):
+        for split in ("train", "val"):
+            row = {"epoch": epoch, "split": split, "step": 10 * (epoch + 1)}
+            for s in (0, 1):
+                for k, term in enumerate(("box", "obj", "noobj", "cls")):
+                    value = (k + 1) / (epoch + 1) + s + scale_offset + (0.1 if split == "val" else 0.0)
+                    row[f"loss/{term}/s{s}"] = value
+                    row[f"unweighted/{term}/s{s}"] = 2 * value
+                iou = VAL_IOU[s][epoch] if split == "val" else 0.5
+                row |= {f"stat/iou/s{s}": iou, f"stat/obj_pos/s{s}": None if iou is None else 0.3 + 0.1 * epoch,
+                        f"stat/obj_neg/s{s}": 0.01 / (epoch + 1), f"stat/cls_prob/s{s}": 0.2 * (epoch + 1),
+                        f"stat/recall50/s{s}": 0.3 * epoch, f"stat/recall75/s{s}": 0.1 * epoch,
+                        f"stat/n_pos/s{s}": 0.0 if iou is None else 12.0, f"stat/n_ignored/s{s}": 3.0}
+            if split == "val":
+                row |= {"loss/total": VAL_TOTAL[epoch], "mAP50": VAL_MAP50[epoch], "mAP50_95": VAL_MAP50_95[epoch]}
+            else:
+                row |= {"loss/total": 10.0 - epoch, "lr": 0.001 * (epoch + 1), "warmup": max(0.0, 1 - epoch)}
+            rows.append(row)
+    return rows
+
+
+def _histograms() -> list[dict]:
+    edges = [0.0, 0.25, 0.5, 0.75, 1.0]
+    return [{"epoch": epoch, "step": 10 * (epoch + 1), "edges": edges,
+             "histograms": {f"{kind}/s{s}": {"counts": [4 - epoch, 1, 2, epoch], "num": 7}
+                            for s in (0, 1) for kind in ("obj_pos", "obj_neg", "iou")}} for epoch in range(3)]
+
+
+def make_run(root: Path, name: str, findings: bool = True, scale_offset: float = 0.0) -> Path:
+    run = root / f"run_{len(list(root.glob('run_*')))}"
+    run.mkdir(parents=True)
+    save_config(build_config({"name": name, "preset": "darknet", "data": {"data": "data/digits/data.yaml"},
+                              "train": {"epochs": 3}}), run / "config.yaml")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(scale_offset)))
+    (run / "anchor_fit.json").write_text(json.dumps(ANCHOR_FIT))
+    (run / "histograms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _histograms()))
+    if findings:
+        (run / "findings.json").write_text(json.dumps(FINDINGS))
+    return run
+
+
+class Page(HTMLParser):
+    """Collects tags, img sources, section ids, tables (rows of cell texts) and all text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags, self.imgs, self.sections, self.tables, self.text = [], [], [], [], []
+        self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(attrs["src"])
+        elif tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def table_with(self, header_cell: str) -> list[list[str]]:
+        return next(t for t in self.tables if header_cell in t[0])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run = make_run(root, EVIL_NAME)
+    path = write_report(run)
+    return path, Page(path.read_text())
+
+
+def test_report_sections_in_order(report):
+    path, page = report
+    assert path.name == "report.html"
+    assert page.sections == ["summary", "findings", "losses", "statistics", "schedule", "histograms", "map",
+                             "anchors"]
+    assert "details" in page.tags and "script" not in page.tags
+
+
+def test_summary_best_map_by_hand(report):
+    summary = {row[0]: row[1] for row in report[1].table_with("value")[1:]}
+    # best mAP50 is epoch 1's 0.35 (VAL_MAP50), with that epoch's mAP50_95 0.12
+    assert summary["best val mAP50"] == "0.3500"
+    assert summary["best val mAP50_95"] == "0.1200"
+    assert summary["best epoch"] == "1"
+    assert summary["preset"] == "darknet"
+    assert summary["model cfg"] == "yolov3-tiny-3l-small"
+    assert summary["data"] == "data/digits/data.yaml"
+    assert summary["epochs (run / configured)"] == "3 / 3"
+
+
+def test_images_are_embedded_pngs(report):
+    path, page = report
+    assert len(page.imgs) == 5  # loss grid, statistics, lr, histograms, mAP
+    for src in page.imgs:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        raw = base64.b64decode(src[len(prefix):], validate=True)
+        assert len(raw) > MIN_PNG_BYTES
+        with Image.open(io.BytesIO(raw)) as image:
+            image.verify()
+            assert image.format == "PNG"
+    html_text = path.read_text()
+    assert "http://" not in html_text and "https://" not in html_text
+    assert "<link" not in html_text and "src=\"http" not in html_text
+
+
+def test_loss_grid_has_a_row_per_scale_and_a_column_per_term(report):
+    src = report[1].imgs[0]
+    with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+        width, height = image.size
+    # plots.PANEL_SIZE is 2.6 x 1.9 inches at 80 dpi: 4 terms wide, 2 scales high (+ 0.8-inch legend strip)
+    assert width == round(4 * 2.6 * 80)
+    assert height == round((2 * 1.9 + 0.8) * 80)
+
+
+def test_findings_table_lists_each_finding(report):
+    table = report[1].table_with("rule")
+    header, body = table[0], table[1:]
+    assert len(body) == len(FINDINGS)
+    for finding, row in zip(FINDINGS, body, strict=True):
+        cells = dict(zip(header, row, strict=True))
+        assert cells["rule"] == finding["rule"]
+        assert cells["severity"] == finding["severity"]
+        assert cells["message"] == finding["message"]  # "&" escaped in the file, restored by the parser
+        assert cells["first_epoch"] == str(finding["first_epoch"])
+
+
+def test_findings_rows_coloured_by_severity(report):
+    text = report[0].read_text()
+    assert '<tr style="background:#f8d0d0"><td>error</td>' in text
+    assert '<tr style="background:#fbe6c2"><td>warning</td>' in text
+
+
+def test_anchor_fit_numbers(report):
+    page = report[1]
+    overall = {row[0]: row[1] for row in page.table_with("measure")[1:]}
+    assert overall["mean_best_iou"] == "0.7123"
+    assert overall["bpr_iou50"] == "0.8750"
+    assert overall["n_truths"] == "40"
+    anchors = page.table_with("w x h (px)")[1:]
+    assert [row[1] for row in anchors] == ["10.0 x 14.0", "23.0 x 27.0", "37.0 x 58.0", "81.0 x 82.0"]
+    per_scale = page.table_with("share_per_scale")
+    assert per_scale[1][:3] == ["s0", "0.7000", "32"]
+
+
+def test_text_is_escaped(report):
+    path, page = report
+    text = path.read_text()
+    assert EVIL_NAME not in text
+    assert "&lt;script&gt;" in text
+    assert "script" not in page.tags
+    assert f"yololab report: {EVIL_NAME}" in "".join(page.text)  # shown as text
+
+
+def test_report_without_optional_files(tmp_path):
+    run = make_run(tmp_path, "plain", findings=False)
+    (run / "anchor_fit.json").unlink()
+    (run / "histograms.jsonl").unlink()
+    page = Page(write_report(run, tmp_path / "out.html").read_text())
+    text = "".join(page.text)
+    assert "no findings.json in this run" in text and "no anchor_fit.json in this run" in text
+    assert "no histograms logged" in text
+    assert len(page.imgs) == 4
+
+
+def test_bad_metrics_line_names_file_and_line(tmp_path):
+    run = make_run(tmp_path, "bad")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[2] = "{not json"
+    (run / "metrics.jsonl").write_text("\n".join(lines))
+    with pytest.raises(ReportError, match=r"metrics\.jsonl:3: not valid JSON"):
+        write_report(run)
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in _rows()))
+    (run / "histograms.jsonl").write_text('{"epoch": 0, "edges": [0, 1]}\n')
+    with pytest.raises(ReportError, match=r"histograms\.jsonl:1: expected an object with keys"):
+        write_report(run)
+    with pytest.raises(ReportError, match="no such directory"):
+        write_report(tmp_path / "missing")
+
+
+def test_compare_two_runs(tmp_path):
+    a = make_run(tmp_path, "alpha")
+    b = make_run(tmp_path, "beta", findings=False, scale_offset=1.0)
+    page = Page(compare_runs([a, b], tmp_path / "cmp.html").read_text())
+    assert page.sections == ["final", "findings", "losses", "statistics", "schedule", "histograms", "map",
+                             "configs"]
+    table = page.table_with("val mAP50")
+    rows = {row[0]: dict(zip(table[0], row, strict=True)) for row in table[1:]}
+    assert set(rows) == {"alpha", "beta"}
+    # the last val row is epoch 2: mAP50 0.30, mAP50_95 0.11, loss/total 4.25, iou 0.61 / 0.55
+    assert rows["alpha"]["val mAP50"] == "0.3000"
+    assert rows["alpha"]["val mAP50_95"] == "0.1100"
+    assert rows["alpha"]["val loss/total"] == "4.2500"
+    assert rows["alpha"]["val iou s0"] == "0.6100" and rows["alpha"]["val iou s1"] == "0.5500"
+    assert rows["beta"]["best mAP50 (epoch)"] == "0.3500 (1)"
+    text = "".join(page.text)
+    assert "objectness_collapse" in text  # alpha's findings
+    assert "no findings.json in this run" in text  # beta has none
+    assert len(page.imgs) == 5
+
+
+def test_compare_same_names_are_told_apart(tmp_path):
+    a, b = make_run(tmp_path, "same"), make_run(tmp_path, "same")
+    table = Page(compare_runs([a, b], tmp_path / "cmp.html").read_text()).table_with("val mAP50")
+    assert [row[0] for row in table[1:]] == [f"same ({a})", f"same ({b})"]
+
+
+def _app(command) -> typer.Typer:
+    app = typer.Typer()
+    app.command()(command)
+    return app
+
+
+def test_cli_report_and_compare(tmp_path):
+    runner = CliRunner()
+    a, b = make_run(tmp_path, "alpha"), make_run(tmp_path, "beta")
+    result = runner.invoke(_app(report_command), [str(a), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").is_file()
+    result = runner.invoke(_app(compare_command), [str(a), str(b), "--out", str(tmp_path / "c.html")])
+    assert result.exit_code == 0, result.output
+    assert "alpha" in result.output and "beta" in result.output and "0.3000" in result.output
+    assert (tmp_path / "c.html").is_file()
+    result = runner.invoke(_app(report_command), [str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "no such directory" in result.output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_chromium_renders_the_plots(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,2000",
+                    report[0].resolve().as_uri()], check=True, timeout=120, capture_output=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.std() > 10  # text, tables and plots, not a blank page
+    assert (pixels < 128).mean() > 0.005  # some dark ink on the page
