@@ -14,6 +14,8 @@ import re
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 # Column order of the loss grid: the terms of DESIGN.md's LossBreakdown, in that order.
 TERMS = ("xy", "wh", "box", "obj", "noobj", "cls")
@@ -29,6 +31,12 @@ STAT_PANELS = (
 PANEL_SIZE = (2.6, 1.9)  # inches per subplot: six columns fit a 1400-px-wide page at DPI
 DPI = 80  # enough to read the axis labels; keeps a 3 x 6 grid under ~100 kB
 MARKER_SIZE = 3
+WIDE_SIZE = (7.0, 3.0)  # inches of a single-panel plot (lr, mAP)
+LEGEND_HEIGHT = 0.8  # inches under the panels for the legend (two rows of entries) and the x label
+# Fixed margins in inches (left, right, top): matplotlib's constrained layout doubles the drawing time.
+MARGINS = (0.5, 0.7, 0.3)
+PANEL_SPACE = (0.4, 0.55)  # gaps between panels, as fractions of a panel's width / height (tick labels, title)
+KEY_COLOUR = "0.3"  # grey of the style entries of a legend (line style / marker, not a run)
 _SCALE_KEY = re.compile(r"^(?:loss|unweighted|stat)/([^/]+)/s(\d+)$")
 
 
@@ -67,19 +75,24 @@ def _colour(i: int) -> str:
     return f"C{i % 10}"  # matplotlib's default cycle: ten distinguishable colours
 
 
-def _grid(n_rows: int, n_cols: int) -> tuple[Figure, list[list[Axes]]]:
-    fig = Figure(figsize=(PANEL_SIZE[0] * n_cols, PANEL_SIZE[1] * n_rows + 0.6), layout="constrained")
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+def _grid(n_rows: int, n_cols: int, size: tuple[float, float] = PANEL_SIZE) -> tuple[Figure, list[list[Axes]]]:
+    width, height = size[0] * n_cols, size[1] * n_rows + LEGEND_HEIGHT
+    fig = Figure(figsize=(width, height))
+    left, right, top = MARGINS
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={
+        "left": left / width, "right": 1 - right / width, "top": 1 - top / height,
+        "bottom": LEGEND_HEIGHT / height, "wspace": PANEL_SPACE[0], "hspace": PANEL_SPACE[1]})
     return fig, [list(r) for r in axes]
 
 
-def _plot(ax: Axes, runs, key: str, splits=("train", "val"), marker=None, label_suffix: str = "") -> None:
-    for i, (label, rows) in enumerate(runs):
+def _plot(ax: Axes, runs, key: str, splits=("train", "val"), marker=None, style: str | None = None) -> None:
+    for i, (_, rows) in enumerate(runs):
         for split in splits:
             x, y = series(rows, split, key)
             if x:
-                ax.plot(x, y, SPLIT_STYLE[split], color=_colour(i), marker=marker, markersize=MARKER_SIZE,
-                        label=f"{label} {split}{label_suffix}")
+                ax.plot(x, y, style or SPLIT_STYLE[split], color=_colour(i), marker=marker,
+                        markersize=MARKER_SIZE)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
 
 
 def _union(runs) -> tuple[list[int], list[str]]:
@@ -104,7 +117,7 @@ def loss_grid(runs) -> Figure | None:
             ax.set_title(f"{term} / s{scale}", fontsize="small")
             ax.tick_params(labelsize="x-small")
     axes[-1][0].set_xlabel("epoch", fontsize="small")
-    _legend(fig, axes)
+    _legend(fig, runs, [("-", None, "train"), ("--", None, "val")])
     return fig
 
 
@@ -118,14 +131,14 @@ def stats_grid(runs) -> Figure | None:
         for c, (title, stats, log) in enumerate(STAT_PANELS):
             ax = axes[r][c]
             for name, marker in stats:
-                suffix = f" {name}" if len(stats) > 1 else ""
-                _plot(ax, runs, f"stat/{name}/s{scale}", marker=marker, label_suffix=suffix)
+                _plot(ax, runs, f"stat/{name}/s{scale}", marker=marker)
             if log and ax.has_data() and _positive(ax):
                 ax.set_yscale("log")
             ax.set_title(f"{title} / s{scale}", fontsize="small")
             ax.tick_params(labelsize="x-small")
     axes[-1][0].set_xlabel("epoch", fontsize="small")
-    _legend(fig, axes, marker_note="markers: o = first stat of the panel, v = second")
+    _legend(fig, runs, [("-", None, "train"), ("--", None, "val"), ("", "o", "first stat of a panel"),
+                        ("", "v", "second stat (obj_neg, recall75)")])
     return fig
 
 
@@ -133,18 +146,17 @@ def schedule_plot(runs) -> Figure | None:
     """Learning rate (left axis) and warm-up share (right axis) per epoch, from the train rows."""
     if not any(series(rows, "train", "lr")[0] or series(rows, "train", "warmup")[0] for _, rows in runs):
         return None
-    fig, axes = _grid(1, 1)
+    fig, axes = _grid(1, 1, WIDE_SIZE)
     ax = axes[0][0]
     right = ax.twinx()
-    for i, (label, rows) in enumerate(runs):
-        ax.plot(*series(rows, "train", "lr"), "-", color=_colour(i), marker="o", markersize=MARKER_SIZE,
-                label=f"{label} lr")
-        right.plot(*series(rows, "train", "warmup"), ":", color=_colour(i), label=f"{label} warm-up")
+    _plot(ax, runs, "lr", splits=("train",), marker="o", style="-")
+    _plot(right, runs, "warmup", splits=("train",), style=":")
     ax.set_xlabel("epoch", fontsize="small")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))  # lr values like 0.002 need no wide margin
     ax.set_ylabel("lr (solid)", fontsize="small")
     right.set_ylabel("warm-up share (dotted)", fontsize="small")
     right.set_ylim(-0.05, 1.05)  # a share: always on the same 0..1 axis
-    _fig_legend(fig, ax.get_legend_handles_labels(), right.get_legend_handles_labels())
+    _legend(fig, runs, [("-", "o", "lr"), (":", None, "warm-up share")])
     return fig
 
 
@@ -152,39 +164,63 @@ def map_plot(runs) -> Figure | None:
     """Validation mAP50 (solid) and mAP50_95 (dashed) per epoch; None when no val row has them."""
     if not any(series(rows, "val", "mAP50")[0] for _, rows in runs):
         return None
-    fig, axes = _grid(1, 1)
+    fig, axes = _grid(1, 1, WIDE_SIZE)
     ax = axes[0][0]
-    for i, (label, rows) in enumerate(runs):
-        ax.plot(*series(rows, "val", "mAP50"), "-", color=_colour(i), marker="o", markersize=MARKER_SIZE,
-                label=f"{label} mAP50")
-        ax.plot(*series(rows, "val", "mAP50_95"), "--", color=_colour(i), marker="v", markersize=MARKER_SIZE,
-                label=f"{label} mAP50_95")
+    _plot(ax, runs, "mAP50", splits=("val",), marker="o", style="-")
+    _plot(ax, runs, "mAP50_95", splits=("val",), marker="v", style="--")
     ax.set_xlabel("epoch", fontsize="small")
-    ax.set_ylabel("mAP", fontsize="small")
-    _fig_legend(fig, ax.get_legend_handles_labels())
+    ax.set_ylabel("val mAP", fontsize="small")
+    _legend(fig, runs, [("-", "o", "mAP50"), ("--", "v", "mAP50_95")])
     return fig
 
 
-def _positive(ax: Axes) -> bool:
+def histogram_grid(runs) -> Figure | None:
+    """Validation histograms (rows = scales, columns = obj_pos, obj_neg, iou) as shares of samples per bin.
+
+    ``runs``: ``(label, hist_rows)`` pairs, ``hist_rows`` the histograms.jsonl objects (``epoch``, ``edges``,
+    ``histograms`` {"<kind>/s<i>": {"counts": [bins], "num": n}}). Each run's last epoch is drawn solid;
+    with one run its first epoch is drawn dotted beside it, to show the drift. None when none was logged.
+    """
+    runs = [(label, rows) for label, rows in runs if rows]
+    if not runs:
+        return None
+    keys = [key for _, rows in runs for key in rows[-1]["histograms"]]
+    scales = sorted({int(k.rsplit("/s", 1)[1]) for k in keys})
+    kinds = list(dict.fromkeys(k.rsplit("/s", 1)[0] for k in keys))
+    fig, axes = _grid(len(scales), len(kinds))
+    for r, scale in enumerate(scales):
+        for c, kind in enumerate(kinds):
+            ax = axes[r][c]
+            for i, (_, rows) in enumerate(runs):
+                shown = [(rows[0], ":"), (rows[-1], "-")] if len(runs) == 1 and len(rows) > 1 else [(rows[-1], "-")]
+                for row, style in shown:
+                    hist = row["histograms"].get(f"{kind}/s{scale}")
+                    if hist and hist.get("num"):
+                        shares = [n / hist["num"] for n in hist["counts"]]
+                        ax.stairs(shares, row["edges"], linestyle=style, color=_colour(i))
+            if kind == "obj_neg" and _positive(ax, patches=True):
+                ax.set_yscale("log")  # nearly every negative sits in the first bin: log shows the tail
+            ax.set_title(f"{kind} / s{scale}", fontsize="small")
+            ax.tick_params(labelsize="x-small")
+    axes[-1][0].set_ylabel("share of samples", fontsize="small")
+    styles = [("-", None, "last epoch")] + ([(":", None, "first epoch")] if len(runs) == 1 else [])
+    _legend(fig, runs, styles)
+    return fig
+
+
+def _positive(ax: Axes, patches: bool = False) -> bool:
     """A log axis needs some positive value (probabilities can be exactly 0 early on)."""
+    if patches:
+        return any(p.get_data().values.max() > 0 for p in ax.patches)
     return any(v > 0 for line in ax.get_lines() for v in line.get_ydata() if not math.isnan(v))
 
 
-def _legend(fig: Figure, axes: list[list[Axes]], marker_note: str | None = None) -> None:
-    handles, labels = {}, []
-    for row in axes:
-        for ax in row:
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                if label not in handles:
-                    handles[label] = handle
-                    labels.append(label)
-    if labels:
-        fig.legend([handles[x] for x in labels], labels, loc="outside lower center", ncols=min(len(labels), 6),
-                   fontsize="small", title=marker_note, title_fontsize="x-small")
-
-
-def _fig_legend(fig: Figure, *pairs) -> None:
-    handles = [h for pair in pairs for h in pair[0]]
-    labels = [x for pair in pairs for x in pair[1]]
-    if labels:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
+def _legend(fig: Figure, runs, styles: list[tuple[str, str | None, str]]) -> None:
+    """One legend under the figure: a colour per run, then the line styles / markers and their meaning."""
+    handles = [Line2D([], [], color=_colour(i), linestyle="-") for i in range(len(runs))]
+    labels = [label for label, _ in runs]
+    for linestyle, marker, text in styles:
+        handles.append(Line2D([], [], color=KEY_COLOUR, linestyle=linestyle or "none", marker=marker,
+                              markersize=MARKER_SIZE + 2))
+        labels.append(text)
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 6), fontsize="small")
