@@ -3,6 +3,9 @@
 Everything the module logs follows DESIGN.md's names: ``{train,val}/loss/<term>/s<i>`` (weighted),
 ``{train,val}/unweighted/<term>/s<i>``, ``{train,val}/stat/<name>/s<i>``, ``{train,val}/loss/total``,
 ``val/mAP50``, ``val/mAP50_95``, ``lr`` and ``warmup``.
+
+The steps return ``{"loss", "breakdown"}`` (and ``"raw"``, the detached head outputs, in validation) so that
+diagnostics callbacks (``yololab.diagnostics.callbacks``) read them in ``on_*_batch_end``.
 """
 
 from __future__ import annotations
@@ -43,23 +46,25 @@ class YoloModule(L.LightningModule):
         return self.model(images)
 
     # ---------------------------------------------------------------- training / validation steps
-    def training_step(self, batch: tuple, batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple, batch_idx: int) -> dict[str, Any]:
         images, targets, _ = batch
         breakdown = self.loss(self.model(images), targets, step=self.global_step)
         self._log_breakdown("train", breakdown, len(images))
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images))
-        return breakdown.total
+        return {"loss": breakdown.total, "breakdown": breakdown}
 
-    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+    def validation_step(self, batch: tuple, batch_idx: int) -> dict[str, Any]:
         images, targets, _ = batch
         raw = self.model(images)
-        self._log_breakdown("val", self.loss(raw, targets), len(images))
+        breakdown = self.loss(raw, targets)
+        self._log_breakdown("val", breakdown, len(images))
         decoded = decode_outputs(raw, self.model.anchors, self.model.strides, self.loss.coder)
         tc = self.cfg.train
         dets = nms(decoded, conf_thres=tc.conf_thres, iou_thres=tc.iou_thres, max_det=tc.max_det)
         self._dets.extend(d.cpu() for d in dets)
         self._truths.extend(truths_in_pixels(targets, len(images), tuple(images.shape[-2:])))
+        return {"loss": breakdown.total, "breakdown": breakdown, "raw": [r.detach() for r in raw]}
 
     def on_validation_epoch_end(self) -> None:
         dets, truths = self._dets, self._truths
