@@ -36,6 +36,8 @@ def test_train_resume_eval_detect(digits, tmp_path):
     run = tmp_path / "run"
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
     assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "report.html").stat().st_size > 0 and (run / "histograms.jsonl").exists()
+    assert isinstance(json.loads((run / "findings.json").read_text()), list)
     fit = json.loads((run / "anchor_fit.json").read_text())
     assert 0 < fit["mean_best_iou"] <= 1 and fit["n_truths"] > 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

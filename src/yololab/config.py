@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yololab.data.augment import AugmentConfig
+from yololab.diagnostics.callbacks import DiagnosticsConfig
 from yololab.loss.config import LossConfig
 from yololab.loss.presets import preset
 
@@ -79,6 +80,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     loss: LossConfig = Field(default_factory=lambda: preset("yololab"))
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     @property
     def run_dir(self) -> Path:

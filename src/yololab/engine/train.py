@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import DataSpec, load_data_yaml
-from yololab.diagnostics.callbacks import DiagnosticsConfig, diagnostics_callbacks
+from yololab.diagnostics.callbacks import diagnostics_callbacks
 from yololab.engine.checkpoint import AtomicCheckpointIO
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.metrics_log import MetricsJsonl, read_metrics
@@ -48,7 +48,7 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
         MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
-        *diagnostics_callbacks(getattr(cfg, "diagnostics", None) or DiagnosticsConfig(), cfg.run_dir),
+        *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir),
     ]
     if progress == "rich":
         callbacks.append(RichProgressBar())
