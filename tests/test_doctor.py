@@ -397,10 +397,10 @@ def test_bad_metrics_line_names_file_and_line(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps(healthy_rows()[0]) + "\n{not json\n")
-    with pytest.raises(DoctorInputError, match=r"metrics\.jsonl:2: not JSON"):
+    with pytest.raises(DoctorInputError, match=r"metrics\.jsonl:2: not valid JSON"):
         diagnose_run(run)
     (run / "metrics.jsonl").write_text('{"epoch": 0, "split": "test"}\n')
-    with pytest.raises(DoctorInputError, match=r"metrics\.jsonl:1: expected"):
+    with pytest.raises(DoctorInputError, match=r"metrics\.jsonl:1: split must be train or val"):
         diagnose_run(run)
 
 

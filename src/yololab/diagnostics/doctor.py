@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from yololab.diagnostics.runfiles import ROW_KEYS, read_jsonl
 from yololab.errors import FileProblem
 
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
@@ -506,17 +507,10 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], dict | None, dict]:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise DoctorInputError(metrics, None, "no metrics.jsonl: is this a run folder?")
-    rows = []
-    for number, line in enumerate(metrics.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DoctorInputError(metrics, number, f"not JSON ({err.msg})") from None
-        if not isinstance(row, dict) or "epoch" not in row or row.get("split") not in ("train", "val"):
-            raise DoctorInputError(metrics, number, "expected an object with 'epoch' and 'split' train/val")
-        rows.append(row)
+    rows = read_jsonl(metrics, ROW_KEYS, DoctorInputError)
+    for number, row in enumerate(rows, start=1):
+        if row["split"] not in ("train", "val"):
+            raise DoctorInputError(metrics, number, f"split must be train or val, got {row['split']!r}")
     fit_path, fit = run_dir / "anchor_fit.json", None
     if fit_path.is_file():
         try:

@@ -17,6 +17,8 @@ from pathlib import Path
 import yaml
 
 from yololab.diagnostics import plots
+from yololab.diagnostics.runfiles import ROW_KEYS, read_jsonl
+from yololab.errors import FileProblem
 
 REPORT_NAME = "report.html"
 BEST_METRIC = "mAP50"  # the metric best.ckpt is chosen on (engine/train.py BEST_METRIC "val/mAP50")
@@ -40,13 +42,8 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-class ReportError(ValueError):
+class ReportError(FileProblem):
     """A run folder or one of its files that cannot be reported; the message names file and line."""
-
-    def __init__(self, file: str | Path, line: int | None, problem: str):
-        self.file, self.line, self.problem = str(file), line, problem
-        where = f"{file}:{line}" if line is not None else str(file)
-        super().__init__(f"{where}: {problem}")
 
 
 @dataclass
@@ -98,23 +95,9 @@ def load_run(run_dir: str | Path) -> Run:
                histograms=histograms)
 
 
-def read_rows(path: Path, required: tuple[str, ...] = ("epoch", "split")) -> list[dict]:
+def read_rows(path: Path, required: tuple[str, ...] = ROW_KEYS) -> list[dict]:
     """Rows of a JSON-lines file (metrics.jsonl); ReportError naming the line for bad JSON or missing keys."""
-    if not path.is_file():
-        raise ReportError(path, None, "missing: a run folder has metrics.jsonl (written during training)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ReportError(path, number, f"not valid JSON: {err.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or any(k not in row for k in required):
-            raise ReportError(path, number, f"expected an object with keys {', '.join(required)} "
-                                            "and an integer epoch")
-        rows.append(row)
-    return rows
+    return read_jsonl(path, required, ReportError)
 
 
 def _read_json(path: Path, kind: type):

@@ -1,0 +1,30 @@
+"""Reading a run folder's JSON-lines files (metrics.jsonl, histograms.jsonl) with errors that name the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from yololab.errors import FileProblem
+
+ROW_KEYS = ("epoch", "split")  # what every metrics.jsonl row has
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ROW_KEYS,
+               error: type[FileProblem] = FileProblem) -> list[dict]:
+    """Objects of a JSON-lines file, one per non-blank line; ``error(path, line, problem)`` for a missing file,
+    a line that is not JSON, or an object without the ``required`` keys or an integer epoch."""
+    if not path.is_file():
+        raise error(path, None, f"missing: a run folder has {path.name} (written during training)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(path, number, f"not valid JSON: {err.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or any(k not in row for k in required):
+            raise error(path, number, f"expected an object with keys {', '.join(required)} and an integer epoch")
+        rows.append(row)
+    return rows
