@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from generated_data import files_and_bytes, pixel_boxes
 from yololab.data import load_data_yaml, make_digits, split_indices, validate_split
 
 # --- split_indices -----------------------------------------------------------------------------------
@@ -55,20 +56,6 @@ TINY_SIZE = 128
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_digits(tmp_path_factory.mktemp("digits") / "ds", tiny=True, seed=5)
-
-
-def files_and_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def pixel_boxes(label_file: Path, size: int) -> list[tuple[int, int, int, int, int]]:
-    """(class, x1, y1, x2, y2) in pixels, right/bottom exclusive, from a YOLO label file."""
-    boxes = []
-    for line in label_file.read_text().splitlines():
-        cls, cx, cy, w, h = (float(v) for v in line.split())
-        x1, y1, x2, y2 = (round(v * size) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
-        boxes.append((int(cls), x1, y1, x2, y2))
-    return boxes
 
 
 def test_layout_and_yaml(tiny):

@@ -9,24 +9,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from generated_data import files_and_bytes, pixel_boxes
 from yololab.data import load_data_yaml, validate_split
 from yololab.data.sparse import HIT_MIN, NOISE_MAX, SizeBin, class_shapes, make_sparse, parse_size_mix
 
 SIZE = 480
-
-
-def files_and_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def pixel_boxes(label_file: Path, size: int) -> list[tuple[int, int, int, int, int]]:
-    """(class, x1, y1, x2, y2) in pixels, right/bottom exclusive, from a YOLO label file."""
-    boxes = []
-    for line in label_file.read_text().splitlines():
-        cls, cx, cy, w, h = (float(v) for v in line.split())
-        x1, y1, x2, y2 = (round(v * size) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
-        boxes.append((int(cls), x1, y1, x2, y2))
-    return boxes
 
 
 def images_and_boxes(yaml_path: Path, split: str = "train", size: int = SIZE):
