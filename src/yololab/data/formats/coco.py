@@ -25,10 +25,10 @@ from yololab.data.formats.records import (
     ImageRecord,
     check_boxes,
     check_image_side,
+    find_image,
     place_images,
     prepare_output,
 )
-from yololab.data.yolo_format import check_image
 
 JSON_PREFIX = "instances_"  # COCO's name for detection annotation files: instances_val2017.json
 ANNOTATION_FOLDER = "annotations"
@@ -82,17 +82,11 @@ def _image_roots(json_path: Path, split: str) -> list[Path]:
 
 
 def _find_image(record: ImageRecord, roots: list[Path], json_path: Path) -> Path:
-    for root in roots:
-        path = root / record.path
-        if path.is_file():
-            size, problem = check_image(path, full_decode=False)
-            if problem is not None:
-                raise problem
-            if size != (record.height, record.width):
-                raise DataError(json_path, None, f"image {path} is {size[1]}x{size[0]} but the JSON says "
-                                                 f"{record.width}x{record.height}")
-            return path
-    raise DataError(json_path, None, f"image {str(record.path)!r} not found under {[str(r) for r in roots]}")
+    path, size = find_image(record.path, roots, json_path)
+    if size != (record.height, record.width):
+        raise DataError(json_path, None, f"image {path} is {size[1]}x{size[0]} but the JSON says "
+                                         f"{record.width}x{record.height}")
+    return path
 
 
 def parse_coco(text: str | bytes, file: str | Path, split: str = "train") -> Annotations:

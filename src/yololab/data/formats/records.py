@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from yololab.data.errors import DataError
-from yololab.data.yolo_format import BOX_TOLERANCE, SPLIT_KEYS
+from yololab.data.yolo_format import BOX_TOLERANCE, SPLIT_KEYS, check_image
 
 # Widths and heights above this are errors: no real image is this large, and the bound keeps size
 # arithmetic far from float overflow (a JSON file can hold an integer with 400 digits).
@@ -117,6 +117,19 @@ def check_image_side(value, what: str, fail: Callable[[str], DataError]) -> int:
     if not 1 <= value <= MAX_IMAGE_SIDE:
         raise fail(f"{what} must be in 1..{MAX_IMAGE_SIDE}, got {value!r}")
     return int(value)
+
+
+def find_image(name: str | Path, roots: list[Path], source: Path) -> tuple[Path, tuple[int, int]]:
+    """The first ``root / name`` that exists, with its (height, width) read from the header; DataError naming
+    ``source`` (the annotation file) when it is found nowhere, and the image's own error when unreadable."""
+    for root in roots:
+        path = root / name
+        if path.is_file():
+            size, problem = check_image(path, full_decode=False)
+            if problem is not None:
+                raise problem
+            return path, size
+    raise DataError(source, None, f"image {str(name)!r} not found under {[str(r) for r in roots]}")
 
 
 def split_key(name: str) -> str:

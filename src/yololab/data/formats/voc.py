@@ -27,8 +27,8 @@ from yololab.data.formats.records import (
     ImageRecord,
     check_boxes,
     check_image_side,
+    find_image,
 )
-from yololab.data.yolo_format import check_image
 
 BNDBOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 VOC_INDEX_BASE = 1  # VOC pixel indices start at 1
@@ -150,14 +150,8 @@ def _xml_files(source) -> list[Path]:
 
 def _find_image(xml_path: Path, voc: VocFile, image_root: str | Path | None) -> Path:
     roots = [Path(image_root)] if image_root is not None else [xml_path.parent, xml_path.parent.parent / IMAGE_FOLDER]
-    for root in roots:
-        path = root / voc.filename
-        if path.is_file():
-            size, problem = check_image(path, full_decode=False)
-            if problem is not None:
-                raise problem
-            if size != (voc.height, voc.width):
-                raise DataError(xml_path, None, f"<size> says {voc.width}x{voc.height} but image {path} is "
-                                                f"{size[1]}x{size[0]}")
-            return path
-    raise DataError(xml_path, None, f"image {voc.filename!r} not found under {[str(r) for r in roots]}")
+    path, size = find_image(voc.filename, roots, xml_path)
+    if size != (voc.height, voc.width):
+        raise DataError(xml_path, None, f"<size> says {voc.width}x{voc.height} but image {path} is "
+                                        f"{size[1]}x{size[0]}")
+    return path
