@@ -48,10 +48,10 @@ class YoloDataModule(L.LightningDataModule):
     parseable, classes in range, boxes inside the image) before any loader is made: a bad file stops the run
     before training, with its file and line, instead of crashing a worker mid-epoch."""
 
-    def __init__(self, data_yaml: str | Path, img_size: int, batch_size: int, workers: int, channels: int,
+    def __init__(self, data_yaml: str | Path | DataSpec, img_size: int, batch_size: int, workers: int, channels: int,
                  seed: int = 0, augment: AugmentConfig | None = None):
         super().__init__()
-        self.spec: DataSpec = load_data_yaml(data_yaml)
+        self.spec: DataSpec = data_yaml if isinstance(data_yaml, DataSpec) else load_data_yaml(data_yaml)
         self.img_size, self.batch_size, self.workers = img_size, batch_size, workers
         self.channels, self.seed = channels, seed
         self.augment = augment

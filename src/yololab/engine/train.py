@@ -121,12 +121,12 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
         raise ConfigError("no dataset: set data.data (the path of a data.yaml), e.g. --data my/data.yaml")
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    spec_names = load_data_yaml(cfg.data.data).names
+    spec = load_data_yaml(cfg.data.data)  # read once: the data module takes it as it is
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
-    module = make_module(cfg, spec_names)
+    module = make_module(cfg, spec.names)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
-    data = YoloDataModule(cfg.data.data, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
+    data = YoloDataModule(spec, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
     cache_dir = Path(cfg.project) / VALIDATION_CACHE if cfg.data.validation_cache else None
     lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad)
