@@ -1,0 +1,111 @@
+"""The sparse-data case study of docs/case-study-sparse.md: same data, model and budget, five loss set-ups.
+
+Usage: .venv/bin/python benchmarks/case_study.py [--out runs/case_study] [--epochs 8] [--runs NAME,NAME]
+
+1. ``yololab data make sparse`` at 256 px (1,500 / 250 / 250 images, seed 0) and a copy of it whose labels
+   are written y-first (``class cy cx h w``: x and y swapped, the mis-encoding of the trials).
+2. Anchors fitted to the training boxes by k-means (``yololab anchors --write-cfg``) into the packaged
+   ``yolov3-tiny-3l-small`` cfg, used by every run.
+3. Runs: keras-yolo3 as the seeds' team used it (MSE objectness, obj_scale 5 and 50: loss weights 25 and
+   2,500 since the scale sits inside the square), ultralytics, yololab, and yololab on the mis-encoded labels.
+4. The doctor's findings of each run, ``compare.html`` over all runs, and a table of the final numbers.
+Every run writes its own report.html. Prints one row per run and writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from yololab.commands.anchors import anchors_command
+from yololab.config import build_config
+from yololab.data import make_sparse
+from yololab.diagnostics.doctor import diagnose_run
+from yololab.diagnostics.report import compare_runs
+from yololab.engine.train import train
+
+IMGSZ = 256
+SPLITS = {"train": 1500, "val": 250, "test": 250}
+BASE_CFG = "yolov3-tiny-3l-small"
+LR = 3e-3
+# name -> (dataset, preset, extra overrides)
+RUNS = {
+    "keras-obj5": ("sparse", "keras-yolo3", ["loss.obj_weight=25"]),
+    "keras-obj50": ("sparse", "keras-yolo3", ["loss.obj_weight=2500"]),
+    "ultralytics": ("sparse", "ultralytics", []),
+    "yololab": ("sparse", "yololab", []),
+    "yololab-swapped-xy": ("swapped", "yololab", []),
+}
+
+
+def swap_xy(src: Path, dst: Path) -> None:
+    """Copy a YOLO dataset to ``dst`` with every label line rewritten ``class cy cx h w`` (images linked,
+    other files such as caches left out)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.suffix == ".txt" and "labels" in path.parts:
+            lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+            target.write_text("".join(f"{c} {y} {x} {h} {w}\n" for c, x, y, w, h in lines))
+        elif path.name == "data.yaml":
+            target.write_text(path.read_text().replace(str(src.resolve()), str(dst.resolve())))
+        elif "images" in path.parts:
+            target.symlink_to(path.resolve())
+
+
+def fitted_cfg(data_yaml: Path, out: Path) -> Path:
+    """``yololab anchors DATA --cfg BASE_CFG --write-cfg OUT``: the base cfg with k-means anchors."""
+    anchors_command(data_yaml, img_size=IMGSZ, cfg=BASE_CFG, write_cfg_path=out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/case_study"))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--runs", default=",".join(RUNS))
+    args = parser.parse_args()
+    data = {"sparse": args.out / "data" / "sparse", "swapped": args.out / "data" / "sparse-swapped-xy"}
+    if not (data["sparse"] / "data.yaml").exists():
+        make_sparse(data["sparse"], SPLITS["train"], SPLITS["val"], SPLITS["test"], img_size=IMGSZ, seed=0)
+    if not (data["swapped"] / "data.yaml").exists():
+        swap_xy(data["sparse"], data["swapped"])
+    model_cfg = fitted_cfg(data["sparse"] / "data.yaml", args.out / "sparse.cfg")
+
+    summary = []
+    for name in args.runs.split(","):
+        dataset, preset, extra = RUNS[name]
+        cfg = build_config({"preset": preset, "project": str(args.out / "runs"), "name": name,
+                            "data": {"data": str(data[dataset] / "data.yaml"), "imgsz": IMGSZ, "batch": 16},
+                            "model": {"cfg": str(model_cfg)}, "train": {"epochs": args.epochs}},
+                           [f"optim.lr={LR}", *extra])
+        start = time.perf_counter()
+        result = train(cfg, exist_ok=True, progress="none")
+        seconds = time.perf_counter() - start
+        findings = diagnose_run(result.run_dir)
+        val = [m for m in result.metrics if m["split"] == "val"][-1]
+        scales = sorted({k.split("/")[-1] for k in val if k.startswith("stat/iou/")})
+        row = {"run": name, "mAP50": val["mAP50"], "mAP50_95": val["mAP50_95"], "seconds": round(seconds),
+               **{f"{stat}/{s}": val.get(f"stat/{stat}/{s}") for stat in ("iou", "obj_pos", "obj_neg")
+                  for s in scales},
+               "findings": [f"{f.severity} {f.rule}" + (f" s{f.scale}" if f.scale is not None else "")
+                            for f in findings]}
+        summary.append(row)
+        print(json.dumps(row), flush=True)
+
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    compare_runs([args.out / "runs" / row["run"] for row in summary], args.out / "compare.html")
+    print(f"\n{args.epochs} epochs, {IMGSZ} px, batch 16, AdamW lr {LR:g}; val set {SPLITS['val']} images")
+    print(f"{'run':<20}{'mAP50':>7}{'mAP50_95':>9}   findings")
+    for row in summary:
+        print(f"{row['run']:<20}{row['mAP50']:>7.3f}{row['mAP50_95']:>9.3f}   {'; '.join(row['findings'])}")
+
+
+if __name__ == "__main__":
+    main()
