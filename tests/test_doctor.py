@@ -355,13 +355,14 @@ def test_findings_sorted_by_severity():
 # --------------------------------------------------------------------------------------------- run folder, CLI
 
 
-def _write_run(path, rows, fit=None, loss=None):
+def _write_run(path, rows, fit=None, loss=None, doctor=None):
     path.mkdir(parents=True, exist_ok=True)
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if fit is not None:
         (path / "anchor_fit.json").write_text(json.dumps(fit))
-    if loss is not None:
-        (path / "config.yaml").write_text(yaml.safe_dump({"preset": "keras-yolo3", "loss": loss}))
+    if loss is not None or doctor is not None:
+        config = {"preset": "keras-yolo3", "loss": loss or {}, **({"doctor": doctor} if doctor else {})}
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
     return path
 
 
@@ -440,3 +441,26 @@ def test_cli_unreadable_input_exits_two(tmp_path):
     (run / "anchor_fit.json").write_text("{")
     result = CliRunner().invoke(_app(), [str(run)])
     assert result.exit_code == 2 and "anchor_fit.json" in result.output
+
+
+def test_thresholds_come_from_the_run_config_then_set(tmp_path):
+    """IoU 0.15 at s2 lags (default lagging_iou 0.3); the run's doctor section at 0.1 silences it; --set
+    lagging_iou=0.2 brings it back."""
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/iou/s2", {e: 0.15 for e in range(EPOCHS)})
+    default = _write_run(tmp_path / "default", rows, HEALTHY_FIT, {"box_loss": "mse"})
+    assert [f.rule for f in diagnose_run(default)] == ["lagging_scale_iou"]
+    tuned = _write_run(tmp_path / "tuned", rows, HEALTHY_FIT, {"box_loss": "mse"}, doctor={"lagging_iou": 0.1})
+    assert diagnose_run(tuned) == []
+    result = CliRunner().invoke(_app(), [str(tuned), "--json", "--set", "lagging_iou=0.2"])
+    assert result.exit_code == 0, result.output
+    assert [f["rule"] for f in json.loads(result.output)] == ["lagging_scale_iou"]
+
+
+def test_bad_thresholds_name_their_source(tmp_path):
+    run = _write_run(tmp_path / "r", healthy_rows(), HEALTHY_FIT, doctor={"lagging_iou": 2.0})
+    with pytest.raises(DoctorInputError, match=r"config\.yaml: doctor thresholds: lagging_iou"):
+        diagnose_run(run)
+    run = _write_run(tmp_path / "ok", healthy_rows(), HEALTHY_FIT)
+    result = CliRunner().invoke(_app(), [str(run), "--set", "no_such_rule=1"])
+    assert result.exit_code == 2 and "--set: doctor thresholds: no_such_rule" in result.output

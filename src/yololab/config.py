@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yololab.data.augment import AugmentConfig
 from yololab.diagnostics.callbacks import DiagnosticsConfig
+from yololab.diagnostics.doctor import DoctorConfig
 from yololab.loss.config import LossConfig
 from yololab.loss.presets import preset
 
@@ -81,6 +82,8 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     loss: LossConfig = Field(default_factory=lambda: preset("yololab"))
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="Thresholds of the doctor's rules "
+                                 "(switched on and off by diagnostics.doctor).")
 
     @property
     def run_dir(self) -> Path:

@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from yololab.diagnostics.doctor import FINDINGS_FILE, DoctorInputError, Finding, diagnose_run
+from yololab.config import ConfigError, parse_overrides
+from yololab.diagnostics.doctor import (
+    FINDINGS_FILE,
+    DoctorInputError,
+    Finding,
+    diagnose_run,
+    read_run,
+    run_doctor_config,
+)
 
 console = Console()
 
@@ -24,16 +32,22 @@ def doctor_command(
                                              "config.yaml when present).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the findings as JSON instead of a table.")]
     = False,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Threshold override: field=value "
+                                                       "(fields of the run config's doctor section).")] = None,
 ) -> None:
     """Read a run's metrics and anchor fit, print the findings and write them to RUN/findings.json.
 
     Exits 0 even when there are findings (it is a report); 2 when the run cannot be read.
 
-    Example: yololab doctor runs/train
+    The thresholds are the run's config.yaml ``doctor`` section, with ``--set`` on top.
+
+    Example: yololab doctor runs/train --set unfound_iou=0.05
     """
     try:
-        findings = diagnose_run(run)
-    except (DoctorInputError, OSError) as err:
+        _, _, config = read_run(run)
+        cfg = run_doctor_config(config, parse_overrides(overrides or []), run / "config.yaml")
+        findings = diagnose_run(run, cfg)
+    except (DoctorInputError, ConfigError, OSError) as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(EXIT_ERROR) from None
     if json_out:

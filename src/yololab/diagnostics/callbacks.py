@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
+from yololab.diagnostics.doctor import DoctorConfig
 from yololab.diagnostics.doctor_callback import DoctorCallback
 from yololab.diagnostics.report import write_report
 from yololab.model.coder import BoxCoder
@@ -50,8 +51,9 @@ class DiagnosticsConfig(BaseModel):
     report: bool = Field(True, description="Rewrite report.html at every epoch end (about 2-3 s each).")
 
 
-def diagnostics_callbacks(cfg: DiagnosticsConfig, run_dir: str | Path) -> list[L.Callback]:
-    """The callbacks ``cfg`` switches on, writing beside the run in ``run_dir``."""
+def diagnostics_callbacks(cfg: DiagnosticsConfig, run_dir: str | Path,
+                          doctor: DoctorConfig | None = None) -> list[L.Callback]:
+    """The callbacks ``cfg`` switches on, writing beside the run in ``run_dir``; ``doctor``: its thresholds."""
     callbacks: list[L.Callback] = []
     if cfg.histograms:
         callbacks.append(ValidationHistograms(Path(run_dir) / HISTOGRAMS_FILE, cfg.hist_bins))
@@ -59,7 +61,7 @@ def diagnostics_callbacks(cfg: DiagnosticsConfig, run_dir: str | Path) -> list[L
         callbacks.append(GradientShare(cfg.grad_share_every))
     # Both read what MetricsJsonl wrote at this epoch end, so they come after it; the report shows the findings.
     if cfg.doctor:
-        callbacks.append(DoctorCallback(run_dir))
+        callbacks.append(DoctorCallback(run_dir, doctor))
     if cfg.report:
         callbacks.append(ReportCallback(run_dir))
     return callbacks

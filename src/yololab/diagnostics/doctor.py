@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yololab.diagnostics.runfiles import ROW_KEYS, read_jsonl
 from yololab.errors import FileProblem
@@ -499,7 +499,7 @@ def diagnose(rows: list[dict], anchor_fit: dict | None = None, cfg: DoctorConfig
 
 
 def read_run(run_dir: str | Path) -> tuple[list[dict], dict | None, dict]:
-    """metrics.jsonl rows, anchor_fit.json (None if absent) and config.yaml's loss section ({} if absent).
+    """metrics.jsonl rows, anchor_fit.json (None if absent) and config.yaml as a dict ({} if absent).
 
     Raises DoctorInputError naming the file and line for a missing or unreadable file.
     """
@@ -517,20 +517,43 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], dict | None, dict]:
             fit = json.loads(fit_path.read_text())
         except json.JSONDecodeError as err:
             raise DoctorInputError(fit_path, err.lineno, f"not JSON ({err.msg})") from None
-    config_path, loss = run_dir / "config.yaml", {}
+    config_path, config = run_dir / "config.yaml", {}
     if config_path.is_file():
         try:
             config = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as err:
             raise DoctorInputError(config_path, None, f"not YAML ({err})") from None
-        loss = config.get("loss") or {} if isinstance(config, dict) else {}
-    return rows, fit, loss
+        if not isinstance(config, dict):
+            raise DoctorInputError(config_path, None, "expected a mapping at the top level")
+    return rows, fit, config
+
+
+def run_doctor_config(config: dict, overrides: dict | None = None, source: Path | None = None) -> DoctorConfig:
+    """The thresholds of a run: its config's ``doctor`` section, then ``overrides`` (field -> value) on top.
+
+    Raises DoctorInputError naming ``source`` (the config.yaml) for a bad field there, or ``--set`` for a
+    bad override.
+    """
+    cfg = _thresholds(config.get("doctor") or {}, str(source or "config.yaml"))
+    return _thresholds({**cfg.model_dump(), **overrides}, "--set") if overrides else cfg
+
+
+def _thresholds(values: dict, where: str) -> DoctorConfig:
+    try:
+        return DoctorConfig(**values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise DoctorInputError(where, None, f"doctor thresholds: {problems}") from None
 
 
 def diagnose_run(run_dir: str | Path, cfg: DoctorConfig | None = None) -> list[Finding]:
-    """``diagnose`` a run folder and write its findings to ``<run_dir>/findings.json``."""
-    rows, fit, loss = read_run(run_dir)
-    findings = diagnose(rows, fit, cfg, loss)
+    """``diagnose`` a run folder and write its findings to ``<run_dir>/findings.json``.
+
+    ``cfg``: the thresholds; None takes the ``doctor`` section of the run's config.yaml (defaults if absent).
+    """
+    rows, fit, config = read_run(run_dir)
+    cfg = cfg or run_doctor_config(config, source=Path(run_dir) / "config.yaml")
+    findings = diagnose(rows, fit, cfg, config.get("loss") or {})
     path = Path(run_dir) / FINDINGS_FILE
     path.write_text(json.dumps([_finite(f.to_dict()) for f in findings], indent=2) + "\n")
     return findings

@@ -1,14 +1,15 @@
 """Curves of one or several runs from their metrics.jsonl rows, as matplotlib Figures (no pyplot state).
 
 Every function takes ``runs``: a list of ``(label, rows)`` pairs, ``rows`` being the metrics.jsonl
-objects of one run (``epoch``, ``split``, ``loss/<term>/s<i>``, ``stat/<name>/s<i>``, ``mAP50`` …).
-One colour per run; train is drawn solid, val dashed. A null value (a stat with no samples) is a gap.
+objects of one run (``epoch``, ``split``, ``loss/<term>/s<i>``, ``stat/<name>/s<i>``, ``grad_share/<term>/s<i>``,
+``mAP50`` …). One colour per run; train is drawn solid, val dashed. A null value (a stat with no samples) is a gap.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
 import re
 
@@ -28,6 +29,12 @@ STAT_PANELS = (
     ("recall50 / recall75", [("recall50", "o"), ("recall75", "v")], False),
     ("n_pos", [("n_pos", "o")], False),
 )
+# Line style and marker of each term in the gradient-share panels, where the colour is the run's; terms
+# outside TERMS take EXTRA_TERM_STYLES in turn.
+TERM_STYLES = {"xy": ("-", "o"), "wh": ("--", "v"), "box": ("-.", "s"), "obj": (":", "^"), "noobj": ("-", "D"),
+               "cls": ("--", "x")}
+EXTRA_TERM_STYLES = ((":", "*"), ("-.", "P"), ("--", "h"))
+SHARE_LIMITS = (-0.05, 1.05)  # y range of a share: 0..1 plus a margin so points at 0 or 1 stay visible
 PANEL_SIZE = (2.6, 1.9)  # inches per subplot: six columns fit a 1400-px-wide page at DPI
 DPI = 80  # enough to read the axis labels; keeps a 3 x 6 grid under ~100 kB
 MARKER_SIZE = 3
@@ -38,6 +45,7 @@ MARGINS = (0.5, 0.7, 0.3)
 PANEL_SPACE = (0.4, 0.55)  # gaps between panels, as fractions of a panel's width / height (tick labels, title)
 KEY_COLOUR = "0.3"  # grey of the style entries of a legend (line style / marker, not a run)
 _SCALE_KEY = re.compile(r"^(?:loss|unweighted|stat)/([^/]+)/s(\d+)$")
+_GRAD_SHARE_KEY = re.compile(r"^grad_share/([^/]+)/s(\d+)$")
 
 
 def data_uri(fig: Figure) -> str:
@@ -57,8 +65,12 @@ def scales_and_terms(rows: list[dict]) -> tuple[list[int], list[str]]:
                 scales.add(int(match.group(2)))
                 if key.startswith("loss/"):
                     terms.add(match.group(1))
-    ordered = [t for t in TERMS if t in terms] + sorted(terms - set(TERMS))
-    return sorted(scales), ordered
+    return sorted(scales), _term_order(terms)
+
+
+def _term_order(terms: set[str]) -> list[str]:
+    """``terms`` in ``TERMS`` order, unknown ones after in alphabetical order."""
+    return [t for t in TERMS if t in terms] + sorted(terms - set(TERMS))
 
 
 def series(rows: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
@@ -142,6 +154,40 @@ def stats_grid(runs) -> Figure | None:
     return fig
 
 
+def grad_share_grid(runs, strides: list[int] | None = None) -> Figure | None:
+    """Gradient share of each term per scale (one panel per scale, x = epoch, y in 0..1) from the train rows.
+
+    A term is told apart by line style and marker, a run by colour. ``strides``: the stride of each scale
+    index, shown in the panel titles when given. None when no run logged a ``grad_share/<term>/s<i>`` key.
+    """
+    scales, terms = set(), set()
+    for _, rows in runs:
+        for row in rows:
+            for key in row:
+                match = _GRAD_SHARE_KEY.match(key)
+                if match:
+                    terms.add(match.group(1))
+                    scales.add(int(match.group(2)))
+    if not scales:
+        return None
+    terms = _term_order(terms)
+    extra = itertools.cycle(EXTRA_TERM_STYLES)
+    styles = {term: TERM_STYLES.get(term) or next(extra) for term in terms}
+    fig, axes = _grid(1, len(scales))
+    for ax, scale in zip(axes[0], sorted(scales), strict=True):
+        for term in terms:
+            linestyle, marker = styles[term]
+            _plot(ax, runs, f"grad_share/{term}/s{scale}", splits=("train",), marker=marker, style=linestyle)
+        ax.set_ylim(*SHARE_LIMITS)
+        known = strides is not None and scale < len(strides)
+        ax.set_title(f"s{scale} (stride {strides[scale]})" if known else f"s{scale}", fontsize="small")
+        ax.tick_params(labelsize="x-small")
+    axes[0][0].set_xlabel("epoch", fontsize="small")
+    axes[0][0].set_ylabel("share of the scale's gradient", fontsize="small")
+    _legend(fig, runs, [(*styles[term], term) for term in terms])
+    return fig
+
+
 def schedule_plot(runs) -> Figure | None:
     """Learning rate (left axis) and warm-up share (right axis) per epoch, from the train rows."""
     if not any(series(rows, "train", "lr")[0] or series(rows, "train", "warmup")[0] for _, rows in runs):
@@ -155,7 +201,7 @@ def schedule_plot(runs) -> Figure | None:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))  # lr values like 0.002 need no wide margin
     ax.set_ylabel("lr (solid)", fontsize="small")
     right.set_ylabel("warm-up share (dotted)", fontsize="small")
-    right.set_ylim(-0.05, 1.05)  # a share: always on the same 0..1 axis
+    right.set_ylim(*SHARE_LIMITS)  # a share: always on the same 0..1 axis
     _legend(fig, runs, [("-", "o", "lr"), (":", None, "warm-up share")])
     return fig
 

@@ -48,7 +48,7 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
         MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
-        *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir),
+        *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir, cfg.doctor),
     ]
     if progress == "rich":
         callbacks.append(RichProgressBar())
