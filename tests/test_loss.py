@@ -178,6 +178,19 @@ def test_stats_by_hand_for_a_perfect_prediction():
     assert breakdown.terms["wh/s0"].item() == pytest.approx(0.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("coder", ["yolov3", "ultralytics"])
+def test_prior_iou_by_hand(coder):
+    """iou_prior: the box of all-zero outputs (cell centre, anchor size) against the truth, whatever the head
+    predicts. Truth 60x60 centred at (48, 40) px; prior 60x60 at the centre (48, 48) of cell (1, 1) at stride
+    32 (both coders give offset 0.5 and the anchor's size at zero): overlap 60 x 52 = 3120, union 4080."""
+    loss = YoloLoss(LossConfig(assign="best_anchor", coder=coder), ANCHORS, STRIDES, 3)
+    target = torch.tensor([[0, 1, 48 / INPUT, 40 / INPUT, 60 / INPUT, 60 / INPUT]])
+    for seed in (0, 1):  # the head's outputs do not matter
+        breakdown = loss(_raw(seed=seed), target)
+        assert breakdown.stats["iou_prior/s0"].item() == pytest.approx(3120 / 4080, rel=1e-5)
+        assert math.isnan(breakdown.stats["iou_prior/s1"].item())  # no truth at stride 16
+
+
 def test_scale_weights_multiply_objectness_only():
     raw = _raw(seed=4)
     base = YoloLoss(preset("yololab"), ANCHORS, STRIDES, 3)(raw, TARGETS)

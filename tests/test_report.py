@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from matplotlib.colors import to_rgb
 from PIL import Image
 from typer.testing import CliRunner
 
 from yololab.commands.report import compare_command, report_command
 from yololab.config import build_config, save_config
+from yololab.diagnostics import plots
 from yololab.diagnostics.report import ReportError, compare_runs, write_report
 
 MIN_PNG_BYTES = 2_000  # a blank or empty plot compresses far below this
@@ -25,6 +27,16 @@ VAL_MAP50 = [0.10, 0.35, 0.30]
 VAL_MAP50_95 = [0.04, 0.12, 0.11]
 VAL_TOTAL = [9.0, 6.5, 4.25]
 VAL_IOU = {0: [0.40, 0.52, 0.61], 1: [None, 0.47, 0.55]}  # s1 had no positives in epoch 0
+# Gradient share per scale, term and epoch (train rows only); the terms of a scale sum to 1 at each epoch.
+GRAD_SHARES = {0: {"box": [0.5, 0.4, 0.3], "obj": [0.2, 0.3, 0.4], "noobj": [0.2, 0.2, 0.2], "cls": [0.1, 0.1, 0.1]},
+               1: {"box": [0.25, 0.5, 0.75], "obj": [0.25, 0.25, 0.0], "noobj": [0.5, 0.25, 0.25],
+                   "cls": [0.0, 0.0, 0.0]}}
+# A second run's shares, different at every point so that its lines never hide the first run's.
+GRAD_SHARES_B = {0: {"box": [0.65, 0.55, 0.45], "obj": [0.15, 0.25, 0.35], "noobj": [0.15, 0.15, 0.15],
+                     "cls": [0.05, 0.05, 0.05]},
+                 1: {"box": [0.35, 0.6, 0.85], "obj": [0.15, 0.15, 0.05], "noobj": [0.45, 0.2, 0.05],
+                     "cls": [0.05, 0.05, 0.05]}}
+GRAD_SHARE_SECTION_NOTE = "no gradient shares logged"
 FINDINGS = [
     {"rule": "objectness_collapse", "severity": "error", "scale": 1, "term": "obj", "first_epoch": 2,
      "numbers": {"obj_pos": 0.01}, "message": "obj_pos fell below 0.05 & stays there",
@@ -38,7 +50,7 @@ ANCHOR_FIT = {"n_truths": 40, "n_anchors": 4, "anchor_t": 4.0, "anchors": [[10, 
               "share_per_scale": [0.7, 0.3], "strides": [32, 16]}
 
 
-def _rows(scale_offset: float = 0.0) -> list[dict]:
+def _rows(scale_offset: float = 0.0, grad_shares: dict | None = GRAD_SHARES) -> list[dict]:
     rows = []
     for epoch in range(3):
         for split in ("train", "val"):
@@ -57,6 +69,8 @@ def _rows(scale_offset: float = 0.0) -> list[dict]:
                 row |= {"loss/total": VAL_TOTAL[epoch], "mAP50": VAL_MAP50[epoch], "mAP50_95": VAL_MAP50_95[epoch]}
             else:
                 row |= {"loss/total": 10.0 - epoch, "lr": 0.001 * (epoch + 1), "warmup": max(0.0, 1 - epoch)}
+                for s, terms in (grad_shares or {}).items():
+                    row |= {f"grad_share/{term}/s{s}": values[epoch] for term, values in terms.items()}
             rows.append(row)
     return rows
 
@@ -68,12 +82,13 @@ def _histograms() -> list[dict]:
                             for s in (0, 1) for kind in ("obj_pos", "obj_neg", "iou")}} for epoch in range(3)]
 
 
-def make_run(root: Path, name: str, findings: bool = True, scale_offset: float = 0.0) -> Path:
+def make_run(root: Path, name: str, findings: bool = True, scale_offset: float = 0.0,
+             grad_shares: dict | None = GRAD_SHARES) -> Path:
     run = root / f"run_{len(list(root.glob('run_*')))}"
     run.mkdir(parents=True)
     save_config(build_config({"name": name, "preset": "darknet", "data": {"data": "data/digits/data.yaml"},
                               "train": {"epochs": 3}}), run / "config.yaml")
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(scale_offset)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(scale_offset, grad_shares)))
     (run / "anchor_fit.json").write_text(json.dumps(ANCHOR_FIT))
     (run / "histograms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _histograms()))
     if findings:
@@ -82,11 +97,13 @@ def make_run(root: Path, name: str, findings: bool = True, scale_offset: float =
 
 
 class Page(HTMLParser):
-    """Collects tags, img sources, section ids, tables (rows of cell texts) and all text."""
+    """Collects tags, img sources, section ids, tables (rows of cell texts) and all text; per section, its
+    img sources and text."""
 
     def __init__(self, text: str):
         super().__init__()
         self.tags, self.imgs, self.sections, self.tables, self.text = [], [], [], [], []
+        self.section_imgs, self.section_text = {}, {}
         self._cell = None
         self.feed(text)
 
@@ -95,8 +112,11 @@ class Page(HTMLParser):
         self.tags.append(tag)
         if tag == "img":
             self.imgs.append(attrs["src"])
+            if self.sections:
+                self.section_imgs[self.sections[-1]].append(attrs["src"])
         elif tag == "section":
             self.sections.append(attrs["id"])
+            self.section_imgs[attrs["id"]], self.section_text[attrs["id"]] = [], []
         elif tag == "table":
             self.tables.append([])
         elif tag == "tr":
@@ -111,6 +131,8 @@ class Page(HTMLParser):
 
     def handle_data(self, data):
         self.text.append(data)
+        if self.sections:
+            self.section_text[self.sections[-1]].append(data)
         if self._cell is not None:
             self._cell.append(data)
 
@@ -129,8 +151,8 @@ def report(tmp_path_factory):
 def test_report_sections_in_order(report):
     path, page = report
     assert path.name == "report.html"
-    assert page.sections == ["summary", "findings", "losses", "statistics", "schedule", "histograms", "map",
-                             "anchors"]
+    assert page.sections == ["summary", "findings", "losses", "grad_shares", "statistics", "schedule", "histograms",
+                             "map", "anchors"]
     assert "details" in page.tags and "script" not in page.tags
 
 
@@ -148,7 +170,7 @@ def test_summary_best_map_by_hand(report):
 
 def test_images_are_embedded_pngs(report):
     path, page = report
-    assert len(page.imgs) == 5  # loss grid, statistics, lr, histograms, mAP
+    assert len(page.imgs) == 6  # loss grid, gradient shares, statistics, lr, histograms, mAP
     for src in page.imgs:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -218,7 +240,7 @@ def test_report_without_optional_files(tmp_path):
     text = "".join(page.text)
     assert "no findings.json in this run" in text and "no anchor_fit.json in this run" in text
     assert "no histograms logged" in text
-    assert len(page.imgs) == 4
+    assert len(page.imgs) == 5
 
 
 def test_bad_metrics_line_names_file_and_line(tmp_path):
@@ -238,10 +260,10 @@ def test_bad_metrics_line_names_file_and_line(tmp_path):
 
 def test_compare_two_runs(tmp_path):
     a = make_run(tmp_path, "alpha")
-    b = make_run(tmp_path, "beta", findings=False, scale_offset=1.0)
+    b = make_run(tmp_path, "beta", findings=False, scale_offset=1.0, grad_shares=GRAD_SHARES_B)
     page = Page(compare_runs([a, b], tmp_path / "cmp.html").read_text())
-    assert page.sections == ["final", "findings", "losses", "statistics", "schedule", "histograms", "map",
-                             "configs"]
+    assert page.sections == ["final", "findings", "losses", "grad_shares", "statistics", "schedule", "histograms",
+                             "map", "configs"]
     table = page.table_with("val mAP50")
     rows = {row[0]: dict(zip(table[0], row, strict=True)) for row in table[1:]}
     assert set(rows) == {"alpha", "beta"}
@@ -254,7 +276,93 @@ def test_compare_two_runs(tmp_path):
     text = "".join(page.text)
     assert "objectness_collapse" in text  # alpha's findings
     assert "no findings.json in this run" in text  # beta has none
-    assert len(page.imgs) == 5
+    assert len(page.imgs) == 6
+    # gradient shares: one plot in which both runs' colours (C0 alpha, C1 beta) are drawn in the panels
+    (src,) = page.section_imgs["grad_shares"]
+    assert _colour_pixels(src, "C0") > 0 and _colour_pixels(src, "C1") > 0
+
+
+def _png(src: str) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    return Image.open(io.BytesIO(base64.b64decode(src[len(prefix):], validate=True))).convert("RGB")
+
+
+def _colour_pixels(src: str, colour: str, tolerance: int = 8) -> int:
+    """Pixels of the embedded PNG ``src`` within ``tolerance`` (per channel, 0..255) of a matplotlib colour,
+    above the legend strip at the bottom (the legend shows every run's colour whatever the panels hold)."""
+    image = _png(src)
+    panels = image.crop((0, 0, image.width, image.height - round(plots.LEGEND_HEIGHT * plots.DPI)))
+    target = [round(255 * c) for c in to_rgb(colour)]
+    return sum(all(abs(p - t) <= tolerance for p, t in zip(pixel, target, strict=True))
+               for pixel in panels.getdata())
+
+
+def _lines(fig) -> list[dict[tuple[str, str], tuple[list, list]]]:
+    """Per panel (in figure order): {(run label, term): (x, y)} of its lines.
+
+    The run of a line is the legend entry of the same colour, its term the legend entry with the same line
+    style and marker (public matplotlib API only: the legend's handles and texts, the lines' data)."""
+    (legend,) = fig.legends
+    runs, terms = {}, {}
+    for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+        if handle.get_marker() in ("None", "none", "", None):
+            runs[to_rgb(handle.get_color())] = text.get_text()
+        else:
+            terms[(handle.get_linestyle(), handle.get_marker())] = text.get_text()
+    panels = []
+    for ax in fig.axes:
+        found = {}
+        for line in ax.get_lines():
+            key = (runs[to_rgb(line.get_color())], terms[(line.get_linestyle(), line.get_marker())])
+            assert key not in found, f"two lines for {key} in panel {ax.get_title()}"
+            found[key] = (list(line.get_xdata()), list(line.get_ydata()))
+        panels.append(found)
+    return panels
+
+
+def test_grad_share_section_has_one_png(report):
+    page = report[1]
+    (src,) = page.section_imgs["grad_shares"]
+    with _png(src) as image:
+        image.verify()
+    assert len(base64.b64decode(src.split(",", 1)[1])) > MIN_PNG_BYTES
+    text = "".join(page.section_text["grad_shares"])
+    assert "gradient norm" in text and GRAD_SHARE_SECTION_NOTE not in text
+    assert _colour_pixels(src, "C0") > 0 and _colour_pixels(src, "C1") == 0  # one run: one colour
+
+
+def test_report_without_grad_shares_shows_the_note(tmp_path):
+    run = make_run(tmp_path, "off", grad_shares=None)  # diagnostics.grad_share_every=0
+    page = Page(write_report(run, tmp_path / "out.html").read_text())
+    assert page.section_imgs["grad_shares"] == []
+    assert GRAD_SHARE_SECTION_NOTE in "".join(page.section_text["grad_shares"])
+    assert len(page.imgs) == 5  # the other plots are still there
+
+
+def test_grad_share_grid_plots_the_logged_shares():
+    fig = plots.grad_share_grid([("a", _rows())], strides=ANCHOR_FIT["strides"])
+    assert [ax.get_title() for ax in fig.axes] == ["s0 (stride 32)", "s1 (stride 16)"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "box", "obj", "noobj", "cls"]
+    for scale, (ax, found) in enumerate(zip(fig.axes, _lines(fig), strict=True)):
+        assert found == {("a", term): ([0, 1, 2], pytest.approx(values))
+                         for term, values in GRAD_SHARES[scale].items()}
+        low, high = ax.get_ylim()
+        assert low <= 0 and high >= 1  # the whole share range, also where every share is <= 0.75 (s1)
+
+
+def test_grad_share_grid_overlays_runs_by_colour():
+    fig = plots.grad_share_grid([("a", _rows()), ("b", _rows(grad_shares=GRAD_SHARES_B))])
+    assert [ax.get_title() for ax in fig.axes] == ["s0", "s1"]  # no strides given
+    for scale, found in enumerate(_lines(fig)):
+        expected = {(run, term): ([0, 1, 2], pytest.approx(values))
+                    for run, shares in (("a", GRAD_SHARES), ("b", GRAD_SHARES_B))
+                    for term, values in shares[scale].items()}
+        assert found == expected
+
+
+def test_grad_share_grid_none_without_shares():
+    assert plots.grad_share_grid([("a", _rows(grad_shares=None))]) is None
 
 
 def test_compare_same_names_are_told_apart(tmp_path):

@@ -28,7 +28,6 @@ except ImportError:
     pytest.skip("playwright is not importable (it is in the dev extra of pyproject.toml)", allow_module_level=True)
 
 from test_report import EVIL_NAME, make_run  # noqa: E402
-
 from yololab.diagnostics.report import compare_runs, write_report  # noqa: E402
 
 # Chromium flags: no sandbox (CI runs as root), no GPU, and nothing that talks to the network on its own.
@@ -131,7 +130,7 @@ def pages(tmp_path_factory, browser):
 
 @pytest.mark.parametrize("kind", ["report", "compare"])
 def test_page_loads_clean_and_self_contained(pages, kind):
-    path, shown = pages[kind]
+    shown = pages[kind][1]
     assert shown.console_errors == []
     assert shown.page_errors == []
     assert shown.failed_requests == []

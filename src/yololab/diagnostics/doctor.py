@@ -48,9 +48,12 @@ class DoctorConfig(BaseModel):
         "no separation yet.")
     unfound_separation: float = Field(
         2.0, gt=0, description="Targets not found: obj_pos / obj_neg below this counts as 'not separated'.")
+    unfound_iou_gain: float = Field(
+        0.05, ge=0, le=1, description="Targets not found: responsible-prediction IoU less than this above "
+        "iou_prior (the IoU the anchors alone give) counts as 'nothing localised'.")
     unfound_iou: float = Field(
-        0.1, ge=0, le=1, description="Targets not found: responsible-prediction IoU below this counts as "
-        "'near 0' (the x/y-swapped trial stayed near 0; healthy runs pass 0.3 within a few epochs).")
+        0.1, ge=0, le=1, description="Targets not found, for runs logged without iou_prior: responsible-"
+        "prediction IoU below this counts as 'near 0'.")
     low_obj_pos: float = Field(
         0.5, gt=0, le=1, description="Low objectness: obj_pos below this drops most true objects at the "
         "usual 0.5 confidence threshold.")
@@ -173,26 +176,40 @@ def _tail_start(epochs: list[tuple[int, bool]]) -> int | None:
 
 
 def rule_targets_not_found(ctx: Context) -> list[Finding]:
-    """Objectness at responsible predictions not above the rest AND their IoU near 0, to the last epoch."""
+    """Objectness at responsible predictions not above the rest AND no localisation learned, to the last epoch.
+
+    Localisation is the IoU of responsible predictions above ``iou_prior`` (what the anchors alone give at the
+    cell centre): on x/y-swapped labels the IoU stays at that prior, which can be 0.3-0.5 with fitted anchors.
+    Runs logged without ``iou_prior`` fall back to an absolute IoU near 0.
+    """
     c, out = ctx.cfg, []
     for s in ctx.scales:
         pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
         neg = dict(series(ctx.stat_rows(), f"stat/obj_neg/s{s}"))
         iou = dict(series(ctx.stat_rows(), f"stat/iou/s{s}"))
+        prior = dict(series(ctx.stat_rows(), f"stat/iou_prior/s{s}"))
         epochs = sorted(e for e in pos if e in neg and e in iou and e >= c.settle_epochs)
-        flags = [(e, _ratio(pos[e], neg[e]) < c.unfound_separation and iou[e] < c.unfound_iou) for e in epochs]
+        unlocalised = {e: iou[e] - prior[e] < c.unfound_iou_gain if e in prior else iou[e] < c.unfound_iou
+                       for e in epochs}
+        flags = [(e, _ratio(pos[e], neg[e]) < c.unfound_separation and unlocalised[e]) for e in epochs]
         start = _tail_start(flags)
         if start is None:
             continue
         last = epochs[-1]
+        numbers = {"obj_pos": pos[last], "obj_neg": neg[last], "iou": iou[last]}
+        if last in prior:
+            numbers["iou_prior"] = prior[last]
+            where = f"{iou[last]:.3g}, no better than the {prior[last]:.3g} the anchors alone give"
+        else:
+            where = f"{iou[last]:.3g}"
         out.append(Finding(
-            "targets_not_found", "error", scale=s, term="obj", first_epoch=start,
-            numbers={"obj_pos": pos[last], "obj_neg": neg[last], "iou": iou[last]},
+            "targets_not_found", "error", scale=s, term="obj", first_epoch=start, numbers=numbers,
             message=f"At scale {s} the network cannot find its targets: objectness at responsible predictions "
                     f"({pos[last]:.3g}) is not above objectness elsewhere ({neg[last]:.3g}) and their IoU with "
-                    f"the truth is {iou[last]:.3g}.",
+                    f"the truth is {where}.",
             suggestion="Check the target encoding: label column order (class cx cy w h), normalised units "
-                       "(0-1 of the image, not pixels), x/y not swapped, and the anchors/strides of that scale.",
+                       "(0-1 of the image, not pixels), x/y not swapped, and the anchors/strides of that scale. "
+                       "If the labels are right, the run is too short to have learned anything yet.",
         ))
     return out
 

@@ -28,6 +28,9 @@ SMALL = 10.0 ** -(DIGITS - 1)  # below this, significant digits instead of decim
 SEVERITY_COLOURS = {"error": "#f8d0d0", "critical": "#f8d0d0", "warning": "#fbe6c2", "warn": "#fbe6c2",
                     "info": "#d6e6f8"}
 NEUTRAL = "#eeeeee"
+GRAD_SHARE_NOTE = ("Each term's share of the gradient norm with respect to the raw head outputs, among the terms "
+                   "of its scale (train, on one fixed batch, mean over the epoch's measurements): the term near "
+                   "1 is the one driving that head.")
 FINDING_COLUMNS = ("severity", "rule", "scale", "term", "first_epoch", "message", "suggestion", "numbers",
                    "changes")
 CSS = """
@@ -220,6 +223,14 @@ def _anchor_fit(fit: dict | None) -> str:
     return out
 
 
+def _grad_shares(runs: list[Run]) -> str:
+    """The gradient-share note and plot; panel titles name the stride when every run's anchor fit agrees on it."""
+    known = {tuple(r.anchor_fit["strides"]) if r.anchor_fit and "strides" in r.anchor_fit else None for r in runs}
+    strides = list(known.pop()) if len(known) == 1 and None not in known else None
+    fig = plots.grad_share_grid([(r.label, r.rows) for r in runs], strides)
+    return f"<p>{html.escape(GRAD_SHARE_NOTE)}</p>" + _img(fig, "gradient shares")
+
+
 def _config(run: Run) -> str:
     return f"<details><summary>config.yaml</summary><pre>{html.escape(run.config_text)}</pre></details>"
 
@@ -228,9 +239,9 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """Write the report of one run to ``path`` (default ``run_dir/report.html``); returns the path.
 
     Sections, in order: summary with the resolved config, findings, loss curves (rows = scales, columns =
-    terms; train solid, val dashed), statistics per scale, lr and warm-up share, validation histograms,
-    mAP, anchor fit. Raises
-    ReportError for a missing or bad run file.
+    terms; train solid, val dashed), gradient shares per scale, statistics per scale, lr and warm-up share,
+    validation histograms, mAP, anchor fit. The gradient shares follow the loss curves because they tell
+    which of those terms actually drives each head. Raises ReportError for a missing or bad run file.
     """
     run = load_run(run_dir)
     path = Path(path) if path is not None else run.path / REPORT_NAME
@@ -239,6 +250,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         ("summary", "Summary", _summary(run) + _config(run)),
         ("findings", "Findings", _findings(run.findings)),
         ("losses", "Loss terms: train (solid) vs val (dashed)", _img(plots.loss_grid(curves), "loss terms")),
+        ("grad_shares", "Gradient shares", _grad_shares([run])),
         ("statistics", "Statistics per scale", _img(plots.stats_grid(curves), "statistics")),
         ("schedule", "Learning rate and warm-up", _img(plots.schedule_plot(curves), "learning rate")),
         ("histograms", "Validation histograms", _img(plots.histogram_grid([(run.label, run.histograms)]),
@@ -277,8 +289,9 @@ def final_metrics(run: Run) -> dict:
 def compare_runs(run_dirs: list[str | Path], path: str | Path) -> Path:
     """Write one HTML page overlaying the curves of several runs (one colour per run); returns the path.
 
-    Sections: final metrics table (last val row of each run), each run's findings, loss curves,
-    statistics, lr and warm-up, validation histograms (last epoch), mAP, and each run's config.
+    Sections: final metrics table (last val row of each run), each run's findings, loss curves, gradient
+    shares (term = line style and marker), statistics, lr and warm-up, validation histograms (last epoch),
+    mAP, and each run's config.
     Raises ReportError for a bad run folder.
     """
     if not run_dirs:
@@ -293,6 +306,7 @@ def compare_runs(run_dirs: list[str | Path], path: str | Path) -> Path:
         ("final", "Final metrics", _table(header, [[row.get(k) for k in header] for row in rows])),
         ("findings", "Findings", findings),
         ("losses", "Loss terms: train (solid) vs val (dashed)", _img(plots.loss_grid(curves), "loss terms")),
+        ("grad_shares", "Gradient shares", _grad_shares(runs)),
         ("statistics", "Statistics per scale", _img(plots.stats_grid(curves), "statistics")),
         ("schedule", "Learning rate and warm-up", _img(plots.schedule_plot(curves), "learning rate")),
         ("histograms", "Validation histograms (last epoch)",

@@ -18,7 +18,7 @@ from yololab.loss.config import LossConfig
 from yololab.model.coder import BoxCoder
 
 TERMS = ("xy", "wh", "box", "obj", "noobj", "cls")
-STATS = ("n_pos", "n_ignored", "iou", "obj_pos", "obj_neg", "cls_prob", "recall50", "recall75")
+STATS = ("n_pos", "n_ignored", "iou", "iou_prior", "obj_pos", "obj_neg", "cls_prob", "recall50", "recall75")
 RECALL_IOUS = (0.5, 0.75)  # darknet's .5R and .75R
 SMALL_BOX_BASE = 2.0  # darknet / keras-yolo3 / TF2 YOLOv3 box weight: 2 - w*h (w, h relative to the input)
 AUTO_POS_WEIGHT_FACTOR = 0.5  # seed 002: (n_preds - n_labels) / n_labels * 0.5
@@ -147,6 +147,7 @@ class YoloLoss(nn.Module):
         pred_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + pred_offset) * stride, pred_wh), -1))
         true_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + true_offset) * stride, true_wh), -1))
         iou = iou_elementwise(pred_xyxy.detach(), true_xyxy, "iou")
+        iou_prior = self._prior_iou(cell, anchors[a], stride, true_xyxy)
         area = tgt[:, 4] * tgt[:, 5]
 
         sums = self._box_sums(p, pred_offset, pred_wh, pred_xyxy, true_offset, true_wh, true_xyxy,
@@ -175,8 +176,18 @@ class YoloLoss(nn.Module):
 
         unweighted = self._reduce(sums, n_box, len(p), batch, obj_logit.numel(), r.shape[-1] - 5)
         weighted = {name: value * self._weight(name, i) for name, value in unweighted.items()}
-        stats = self._stats(p, tgt, iou, obj_logit, positive, ignored)
+        stats = self._stats(p, tgt, iou, iou_prior, obj_logit, positive, ignored)
         return weighted, unweighted, stats
+
+    @torch.no_grad()
+    def _prior_iou(self, cell: Tensor, anchors: Tensor, stride: int, true_xyxy: Tensor) -> Tensor:
+        """IoU with the truth of what the head predicts from all-zero outputs: the coder's neutral offset in the
+        responsible cell and the anchor's size. cell [P, 2] (gx, gy), anchors [P, 2] pixels, true_xyxy [P, 4]
+        -> [P]. A network that learned nothing about where and how big objects are still scores this."""
+        zeros = torch.zeros_like(anchors)
+        centre = (cell + self.coder.xy(zeros)) * stride
+        prior_xyxy = box_cxcywh_to_xyxy(torch.cat((centre, self.coder.wh(zeros, anchors)), -1))
+        return iou_elementwise(prior_xyxy, true_xyxy, "iou")
 
     def _box_sums(self, p, pred_offset, pred_wh, pred_xyxy, true_offset, true_wh, true_xyxy, anchors, stride,
                   area) -> dict[str, Tensor]:
@@ -250,9 +261,10 @@ class YoloLoss(nn.Module):
         return (best > self.cfg.ignore_thresh).reshape(r.shape[:4])
 
     @torch.no_grad()
-    def _stats(self, p: Tensor, tgt: Tensor, iou: Tensor, obj_logit: Tensor, positive: Tensor,
+    def _stats(self, p: Tensor, tgt: Tensor, iou: Tensor, iou_prior: Tensor, obj_logit: Tensor, positive: Tensor,
                ignored: Tensor) -> dict[str, Tensor]:
-        """darknet's per-scale statistics: count, Avg IOU, Class, Obj, No Obj, .5R, .75R, ignored."""
+        """darknet's per-scale statistics (count, Avg IOU, Class, Obj, No Obj, .5R, .75R, ignored) and the mean
+        ``iou_prior`` (IoU of the all-zero-output box, what IoU owes to the anchors alone)."""
         nan = obj_logit.new_tensor(float("nan"))
         obj_prob = obj_logit.sigmoid()
         n_pos = len(p)
@@ -260,7 +272,7 @@ class YoloLoss(nn.Module):
         negatives = obj_prob[~positive]
         stats["obj_neg"] = negatives.mean() if negatives.numel() else nan
         if n_pos == 0:
-            stats.update({k: nan for k in ("iou", "obj_pos", "cls_prob", "recall50", "recall75")})
+            stats.update({k: nan for k in ("iou", "iou_prior", "obj_pos", "cls_prob", "recall50", "recall75")})
             return stats
         classes = tgt[:, 1].long()
         if self.cfg.cls_loss == "bce":
@@ -268,6 +280,7 @@ class YoloLoss(nn.Module):
         else:
             cls_prob = p[:, 5:].softmax(-1)
         stats["iou"] = iou.mean()
+        stats["iou_prior"] = iou_prior.mean()
         stats["obj_pos"] = obj_prob[positive].mean()
         stats["cls_prob"] = cls_prob[torch.arange(n_pos, device=p.device), classes].mean()
         for name, threshold in zip(("recall50", "recall75"), RECALL_IOUS, strict=True):
