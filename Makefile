@@ -3,8 +3,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -18,7 +19,21 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint
+# Debian's chromium, for tests/test_report_browser.py (the HTML report rendered in a real browser).
+# Nothing to do when it is there; without apt-get (or without root or sudo) that test is skipped.
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "no apt-get: $(CHROMIUM) not installed, the report browser test will be skipped"; exit 0; fi; \
+	SUDO=; if [ "$$(id -u)" != 0 ]; then \
+		if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+			echo "not root and no sudo: $(CHROMIUM) not installed, the report browser test will be skipped"; \
+			exit 0; fi; fi; \
+	set -e; \
+	$$SUDO apt-get update -q; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: $(STAMP) lint browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
