@@ -259,6 +259,13 @@ def test_box_sizes_of_the_digits_dataset(digits):
     assert report["n_truths"] == len(expected) and report["img_size"] == 416 and report["split"] == "train"
     best = [max(naive_iou(b, a) for a in YOLOV3_ANCHORS) for b in expected.tolist()]
     assert report["mean_best_iou"] == pytest.approx(sum(best) / len(best), rel=1e-5)
+    # what re-fitting could reach: 9 k-means anchors, their mean best IoU by the naive loop, and (fitted to
+    # these boxes) no worse than COCO's anchors
+    fitted = kmeans_anchors(expected, 9).tolist()
+    best_fitted = [max(naive_iou(b, a) for a in fitted) for b in expected.tolist()]
+    assert report["kmeans"]["mean_best_iou"] == pytest.approx(sum(best_fitted) / len(best_fitted), rel=1e-5)
+    assert report["kmeans"]["mean_best_iou"] >= report["mean_best_iou"]
+    assert set(report["kmeans"]) == {"mean_best_iou", "bpr_iou50", "bpr_ratio"}
     json.dumps(report)
 
 

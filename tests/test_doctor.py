@@ -306,6 +306,23 @@ def test_anchor_rules_fire_on_a_bad_fit():
     assert [(f.scale, f.numbers["share"]) for f in starved] == [(0, 0.01)]
 
 
+def test_anchor_advice_depends_on_what_kmeans_reaches():
+    """The same spread and recall: re-fitting is advised when k-means anchors fit clearly better (0.74 ->
+    0.80 mean best IoU), not when they fit no better (0.745: the shapes vary more than the anchors cover)."""
+    fit = {**HEALTHY_FIT, "anchors": [[1, 1]] * 9, "bpr_iou50": 0.7,
+           "spread_per_scale": [{"area_ratio": 17.1, "aspect_ratio": 1.6}, {"area_ratio": 3.2, "aspect_ratio": 1.0},
+                                {"area_ratio": 4.5, "aspect_ratio": 1.0}]}
+    better = diagnose(healthy_rows(), {**fit, "kmeans": {"mean_best_iou": 0.80, "bpr_iou50": 0.9}})
+    assert [(f.rule, f.severity, f.changes) for f in better] == [
+        ("anchors_low_recall", "warning", {"model.cfg": "NEW.cfg"}),
+        ("anchors_spread", "warning", {"model.cfg": "NEW.cfg"})]
+    same = diagnose(healthy_rows(), {**fit, "kmeans": {"mean_best_iou": 0.745, "bpr_iou50": 0.7}})
+    assert [(f.rule, f.severity, f.changes) for f in same] == [
+        ("anchors_low_recall", "warning", {}), ("anchors_spread", "info", {})]
+    assert "9 anchors" in same[0].message and "more anchors per scale" in same[0].suggestion
+    assert same[1].numbers["kmeans_mean_best_iou"] == 0.745
+
+
 def test_scale_without_truths_from_n_pos_when_no_anchor_fit():
     rows = healthy_rows()
     set_values(rows, "train", "stat/n_pos/s0", {e: 0.5 for e in range(EPOCHS)})

@@ -34,6 +34,7 @@ BPR_IOU = 0.5
 # ultralytics' anchor_t (hyp.scratch.yaml): a truth may use an anchor when neither side differs from
 # the anchor's by more than this factor. The same default as LossConfig.anchor_t.
 DEFAULT_ANCHOR_T = 4.0
+KMEANS_SUMMARY = ("mean_best_iou", "bpr_iou50", "bpr_ratio")  # what anchor_fit_report keeps of the k-means fit
 PLOT_MAX_POINTS = 20_000  # boxes drawn in the scatter plot; a seeded sample above this
 PLOT_SEED = 0
 
@@ -306,12 +307,16 @@ def anchor_fit_report(data_yaml, anchors_per_scale, strides: Sequence[int], img_
                       anchor_t: float = DEFAULT_ANCHOR_T) -> dict:
     """``anchor_fit`` of the configured anchors on the train split (what training logs at start).
 
-    Adds ``data`` (the yaml path), ``split`` and ``img_size``. Raises AnchorError when the split has no
-    boxes and DataError for bad files.
+    Adds ``data`` (the yaml path), ``split``, ``img_size`` and ``kmeans``: the overall fit of as many anchors
+    found by ``kmeans_anchors`` (seed 0), what re-fitting could reach. Raises AnchorError when the split has
+    no boxes and DataError for bad files.
     """
     wh = collect_box_sizes(data_yaml, "train", img_size)
-    fit = anchor_fit(wh, [torch.as_tensor(a) for a in anchors_per_scale], strides, anchor_t)
-    return {"data": str(data_yaml), "split": "train", "img_size": int(img_size), **fit}
+    anchors = [torch.as_tensor(a) for a in anchors_per_scale]
+    fit = anchor_fit(wh, anchors, strides, anchor_t)
+    proposed = anchor_fit(wh, kmeans_anchors(wh, sum(len(a) for a in anchors)), anchor_t=anchor_t)
+    kmeans = {key: proposed[key] for key in KMEANS_SUMMARY}
+    return {"data": str(data_yaml), "split": "train", "img_size": int(img_size), **fit, "kmeans": kmeans}
 
 
 # --------------------------------------------------------------------------------------------- plot

@@ -97,6 +97,9 @@ class DoctorConfig(BaseModel):
     max_aspect_ratio: float = Field(
         4.0, gt=1, description="Anchors: largest / smallest aspect within a scale above this (YOLOv3's COCO "
         "anchors reach 2.8).")
+    refit_gain: float = Field(
+        0.02, ge=0, le=1, description="Anchors: re-fitting is advised only when k-means anchors (anchor_fit.json "
+        "'kmeans') raise the mean best IoU by at least this.")
     min_scale_share: float = Field(
         0.02, ge=0, le=1, description="A scale receiving less than this share of the truths gets almost "
         "none.")
@@ -395,23 +398,46 @@ def _sum_mismatch(ctx: Context) -> list[Finding]:
 
 
 def rule_anchor_fit(ctx: Context) -> list[Finding]:
-    """Best possible recall low, a scale's anchors spread widely, a scale receiving almost no truths."""
+    """Best possible recall low, a scale's anchors spread widely, a scale receiving almost no truths.
+
+    When ``anchor_fit.json`` holds the k-means fit (``kmeans``) and it is no better than the configured
+    anchors, re-fitting cannot help: low recall then says the boxes vary more than the anchors can cover, and
+    a wide spread is the data's own (info only).
+    """
     c, fit, out = ctx.cfg, ctx.anchor_fit or {}, []
     anchors_change = {"model.cfg": "NEW.cfg"}
     anchors_advice = "Re-fit the anchors: `yololab anchors DATA --cfg CFG --write-cfg NEW.cfg`, then train with it."
+    kmeans = fit.get("kmeans") or {}
+    refit_gain = kmeans.get("mean_best_iou", math.inf) - fit.get("mean_best_iou", 0.0)
+    refit_helps = refit_gain >= c.refit_gain
+    kmeans_numbers = {f"kmeans_{k}": v for k, v in kmeans.items()}
     bpr = {k: fit[k] for k in ("bpr_ratio", "bpr_iou50") if fit.get(k) is not None}
     if bpr.get("bpr_ratio", 1.0) < c.min_bpr_ratio or bpr.get("bpr_iou50", 1.0) < c.min_bpr_iou50:
-        out.append(Finding(
-            "anchors_low_recall", "warning", numbers=bpr,
-            message=f"The anchors do not fit the boxes: best possible recall {bpr}.",
-            suggestion=anchors_advice, changes=anchors_change))
+        if refit_helps:
+            out.append(Finding(
+                "anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers},
+                message=f"The anchors do not fit the boxes: best possible recall {bpr}.",
+                suggestion=anchors_advice, changes=anchors_change))
+        else:
+            out.append(Finding(
+                "anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers},
+                message=f"Best possible recall is low ({bpr}) although the anchors fit as well as k-means "
+                        f"anchors do: the boxes vary more than {len(fit.get('anchors') or []) or 'these'} "
+                        f"anchors can cover.",
+                suggestion="Use more anchors per scale (the [yolo] sections' mask/num) or another scale; or "
+                           "accept it when the missed shapes are rare."))
     for s, spread in enumerate(fit.get("spread_per_scale") or []):
         if spread["area_ratio"] > c.max_area_ratio or spread["aspect_ratio"] > c.max_aspect_ratio:
-            out.append(Finding(
-                "anchors_spread", "warning", scale=s, numbers=dict(spread),
-                message=f"The anchors of scale {s} are far apart (area ratio {spread['area_ratio']:.3g}, aspect "
-                        f"ratio {spread['aspect_ratio']:.3g}): one scale serves very different shapes.",
-                suggestion=anchors_advice, changes=anchors_change))
+            message = (f"The anchors of scale {s} are far apart (area ratio {spread['area_ratio']:.3g}, aspect "
+                       f"ratio {spread['aspect_ratio']:.3g}): one scale serves very different shapes")
+            if refit_helps:
+                out.append(Finding("anchors_spread", "warning", scale=s, numbers=dict(spread),
+                                   message=message + ".", suggestion=anchors_advice, changes=anchors_change))
+            else:
+                out.append(Finding(
+                    "anchors_spread", "info", scale=s, numbers={**spread, **kmeans_numbers},
+                    message=message + ", as the k-means anchors of this data do: the spread is the data's.",
+                    suggestion="Nothing to change unless this scale's IoU lags (see lagging_scale_iou)."))
     shares = fit.get("share_per_scale")
     source = "anchor_fit"
     if shares is None:

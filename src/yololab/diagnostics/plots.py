@@ -23,7 +23,7 @@ TERMS = ("xy", "wh", "box", "obj", "noobj", "cls")
 SPLIT_STYLE = {"train": "-", "val": "--"}
 # Statistics panels: (title, [(stat name, marker)], log y axis). Markers tell two stats of one panel apart.
 STAT_PANELS = (
-    ("iou", [("iou", "o")], False),
+    ("iou vs iou_prior", [("iou", "o"), ("iou_prior", "v")], False),
     ("obj_pos vs obj_neg", [("obj_pos", "o"), ("obj_neg", "v")], True),
     ("cls_prob", [("cls_prob", "o")], False),
     ("recall50 / recall75", [("recall50", "o"), ("recall75", "v")], False),
@@ -134,7 +134,7 @@ def loss_grid(runs) -> Figure | None:
 
 
 def stats_grid(runs) -> Figure | None:
-    """Assignment statistics per scale (rows): iou, obj_pos vs obj_neg (log), cls_prob, recalls, n_pos."""
+    """Assignment statistics per scale (rows): iou vs iou_prior, obj_pos vs obj_neg (log), cls_prob, recalls, n_pos."""
     scales, _ = _union(runs)
     if not scales:
         return None
@@ -150,7 +150,7 @@ def stats_grid(runs) -> Figure | None:
             ax.tick_params(labelsize="x-small")
     axes[-1][0].set_xlabel("epoch", fontsize="small")
     _legend(fig, runs, [("-", None, "train"), ("--", None, "val"), ("", "o", "first stat of a panel"),
-                        ("", "v", "second stat (obj_neg, recall75)")])
+                        ("", "v", "second stat (iou_prior: anchors alone, obj_neg, recall75)")])
     return fig
 
 
