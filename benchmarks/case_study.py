@@ -8,8 +8,9 @@ Usage: .venv/bin/python benchmarks/case_study.py [--out runs/case_study] [--epoc
    ``yolov3-tiny-3l-small`` cfg, used by every run.
 3. Runs: keras-yolo3 as the seeds' team used it (MSE objectness, obj_scale 5 and 50: loss weights 25 and
    2,500 since the scale sits inside the square), ultralytics, yololab, and yololab on the mis-encoded labels.
-4. The doctor's findings of each run, ``compare.html`` over all runs, and a table of the final numbers.
-Every run writes its own report.html. Prints one row per run and writes ``summary.json``.
+4. The doctor's findings of each run, ``compare.html`` over all runs, excerpt PNGs (statistics, gradient
+   shares, histograms of all runs overlaid), ``summary.json`` and a table of the final numbers.
+``--summarise-only`` redoes step 4 on finished runs (anchor fit, findings and reports with the current code).
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ import shutil
 import time
 from pathlib import Path
 
+from yololab.anchors import anchor_fit_report
 from yololab.commands.anchors import anchors_command
 from yololab.config import build_config
 from yololab.data import make_sparse
+from yololab.diagnostics import plots
 from yololab.diagnostics.doctor import diagnose_run
-from yololab.diagnostics.report import compare_runs
+from yololab.diagnostics.report import compare_runs, load_run, load_runs, write_report
 from yololab.engine.train import train
+from yololab.model import Darknet
 
 IMGSZ = 256
 SPLITS = {"train": 1500, "val": 250, "test": 250}
 BASE_CFG = "yolov3-tiny-3l-small"
 LR = 3e-3
+SUMMARY_STATS = ("iou", "iou_prior", "obj_pos", "obj_neg")  # last val epoch, per scale, in summary.json
 # name -> (dataset, preset, extra overrides)
 RUNS = {
     "keras-obj5": ("sparse", "keras-yolo3", ["loss.obj_weight=25"]),
@@ -70,6 +75,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/case_study"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--summarise-only", action="store_true", help="re-read finished runs, train nothing")
     args = parser.parse_args()
     data = {"sparse": args.out / "data" / "sparse", "swapped": args.out / "data" / "sparse-swapped-xy"}
     if not (data["sparse"] / "data.yaml").exists():
@@ -78,30 +84,46 @@ def main() -> None:
         swap_xy(data["sparse"], data["swapped"])
     model_cfg = fitted_cfg(data["sparse"] / "data.yaml", args.out / "sparse.cfg")
 
-    summary = []
-    for name in args.runs.split(","):
-        dataset, preset, extra = RUNS[name]
-        cfg = build_config({"preset": preset, "project": str(args.out / "runs"), "name": name,
-                            "data": {"data": str(data[dataset] / "data.yaml"), "imgsz": IMGSZ, "batch": 16},
-                            "model": {"cfg": str(model_cfg)}, "train": {"epochs": args.epochs}},
-                           [f"optim.lr={LR}", *extra])
-        start = time.perf_counter()
-        result = train(cfg, exist_ok=True, progress="none")
-        seconds = time.perf_counter() - start
-        findings = diagnose_run(result.run_dir)
-        val = [m for m in result.metrics if m["split"] == "val"][-1]
-        scales = sorted({k.split("/")[-1] for k in val if k.startswith("stat/iou/")})
-        row = {"run": name, "mAP50": val["mAP50"], "mAP50_95": val["mAP50_95"], "seconds": round(seconds),
-               **{f"{stat}/{s}": val.get(f"stat/{stat}/{s}") for stat in ("iou", "obj_pos", "obj_neg")
-                  for s in scales},
-               "findings": [f"{f.severity} {f.rule}" + (f" s{f.scale}" if f.scale is not None else "")
-                            for f in findings]}
-        summary.append(row)
-        print(json.dumps(row), flush=True)
+    names = args.runs.split(",")
+    if not args.summarise_only:
+        for name in names:
+            dataset, preset, extra = RUNS[name]
+            cfg = build_config({"preset": preset, "project": str(args.out / "runs"), "name": name,
+                                "data": {"data": str(data[dataset] / "data.yaml"), "imgsz": IMGSZ, "batch": 16},
+                                "model": {"cfg": str(model_cfg)}, "train": {"epochs": args.epochs}},
+                               [f"optim.lr={LR}", *extra])
+            start = time.perf_counter()
+            train(cfg, exist_ok=True, progress="none")
+            print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    summarise(args.out, names, data, model_cfg)
 
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    compare_runs([args.out / "runs" / row["run"] for row in summary], args.out / "compare.html")
-    print(f"\n{args.epochs} epochs, {IMGSZ} px, batch 16, AdamW lr {LR:g}; val set {SPLITS['val']} images")
+
+def summarise(out: Path, names: list[str], data: dict[str, Path], model_cfg: Path) -> None:
+    """Refresh each run's anchor fit, findings and report with the current code, then write summary.json,
+    compare.html and the excerpt PNGs of docs/case-study-sparse.md."""
+    model = Darknet.from_cfg(model_cfg)
+    summary, run_dirs = [], [out / "runs" / name for name in names]
+    for name, run_dir in zip(names, run_dirs, strict=True):
+        fit = anchor_fit_report(data[RUNS[name][0]] / "data.yaml", model.anchors, model.strides, IMGSZ)
+        (run_dir / "anchor_fit.json").write_text(json.dumps(fit, indent=2))
+        findings = diagnose_run(run_dir)
+        write_report(run_dir)
+        val = [row for row in load_run(run_dir).rows if row["split"] == "val"][-1]
+        scales = sorted({k.split("/")[-1] for k in val if k.startswith("stat/iou/")})
+        summary.append({
+            "run": name, "mAP50": val["mAP50"], "mAP50_95": val["mAP50_95"],
+            **{f"{stat}/{s}": val.get(f"stat/{stat}/{s}") for stat in SUMMARY_STATS for s in scales},
+            "findings": [f"{f.severity} {f.rule}" + (f" s{f.scale}" if f.scale is not None else "")
+                         for f in findings]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    compare_runs(run_dirs, out / "compare.html")
+    curves = [(run.label, run.rows) for run in load_runs(run_dirs)]
+    plots.stats_grid(curves).savefig(out / "stats.png", dpi=plots.DPI)
+    plots.grad_share_grid(curves, model.strides).savefig(out / "grad_shares.png", dpi=plots.DPI)
+    plots.histogram_grid([(run.label, run.histograms) for run in load_runs(run_dirs)]).savefig(
+        out / "histograms.png", dpi=plots.DPI)
+
+    print(f"\n{IMGSZ} px, batch 16, AdamW lr {LR:g}; last epoch on the {SPLITS['val']} validation images")
     print(f"{'run':<20}{'mAP50':>7}{'mAP50_95':>9}   findings")
     for row in summary:
         print(f"{row['run']:<20}{row['mAP50']:>7.3f}{row['mAP50_95']:>9.3f}   {'; '.join(row['findings'])}")
