@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from yololab.config import build_config
-from yololab.data import make_digits
+from yololab.data import YoloDataset, make_digits
+from yololab.data.augment import AugmentConfig
 from yololab.diagnostics.callbacks import (
     HIST_KINDS,
     DiagnosticsConfig,
@@ -21,8 +22,10 @@ from yololab.diagnostics.callbacks import (
     diagnostics_callbacks,
     gradient_shares,
     histogram_values,
+    measure_gradient_shares,
 )
 from yololab.diagnostics.doctor_callback import DoctorCallback
+from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.train import train
 from yololab.loss import YoloLoss, preset
 from yololab.model.build import build_model, read_cfg_text
@@ -188,6 +191,40 @@ def test_gradient_share_callback_leaves_the_model_alone():
         scale = {k: v for k, v in logged.items() if k.endswith(f"/s{i}")}
         assert sum(scale.values()) == pytest.approx(1.0)
     assert {k.split("/")[2] for k in logged} == {"box", "obj", "noobj", "cls"}  # the yololab preset's terms
+
+
+def test_gradient_share_measures_the_data_modules_fixed_batch():
+    """With a data module offering fixed_batch(), the shares are those of that batch, not of the batch just
+    trained: computed directly with measure_gradient_shares on each for comparison."""
+    torch.manual_seed(0)
+    model = build_model(read_cfg_text("yolov3-tiny-3l-small"), num_classes=CLASSES).train()
+    loss = YoloLoss(preset("yololab"), model.anchors, model.strides, CLASSES)
+    fixed = (torch.rand(2, model.channels, INPUT, INPUT), torch.tensor([[0, 1, 0.3, 0.4, 0.2, 0.25]]))
+    trained = (torch.rand(2, model.channels, INPUT, INPUT), torch.tensor([[1, 0, 0.7, 0.6, 0.5, 0.4]]))
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(model=model, loss=loss, log=lambda name, value, **_: logged.__setitem__(name, value))
+    trainer = _fake_trainer(step=1)
+    trainer.datamodule = SimpleNamespace(fixed_batch=lambda: fixed)
+    GradientShare(every=1).on_train_batch_end(trainer, module, None, (*trained, None), 0)
+    expected = measure_gradient_shares(model, loss, *fixed, step=0)
+    other = measure_gradient_shares(model, loss, *trained, step=0)
+    assert logged == pytest.approx({f"train/grad_share/{k}": v for k, v in expected.items()})
+    assert logged != pytest.approx({f"train/grad_share/{k}": v for k, v in other.items()})
+
+
+def test_fixed_batch_is_the_first_images_never_augmented(tmp_path):
+    data = make_digits(tmp_path / "digits", tiny=True, seed=1)
+    augment = AugmentConfig(enabled=True, fliplr=1.0)
+    dm = YoloDataModule(data, img_size=64, batch_size=3, workers=0, channels=3, augment=augment)
+    images, targets = dm.fixed_batch()
+    again, _ = dm.fixed_batch()
+    plain = YoloDataset(dm.spec.splits["train"][:3], dm.spec.num_classes, 64, channels=3)
+    assert torch.equal(images, again) and images.shape[0] == 3
+    assert not torch.equal(dm.dataset("train")[0][0], plain[0][0])  # training itself flips every image
+    for i in range(3):
+        assert torch.equal(images[i], plain[i][0])
+        rows = targets[targets[:, 0] == i, 1:]
+        assert torch.equal(rows, plain[i][1])
 
 
 def test_config_switches():

@@ -272,7 +272,9 @@ def measure_gradient_shares(model: torch.nn.Module, loss, images: Tensor, target
 
 
 class GradientShare(L.Callback):
-    """Every ``every`` optimiser steps (from the first), gradient shares on the first training batch seen.
+    """Every ``every`` optimiser steps (from the first), gradient shares on a fixed batch: the data module's
+    ``fixed_batch()`` when it has one (the first training images, not augmented: the same after a resume),
+    else the first training batch seen.
 
     Logs ``train/grad_share/<term>/s<i>`` with ``pl_module.log`` (epoch mean over the measured steps).
     """
@@ -287,7 +289,9 @@ class GradientShare(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         if self._batch is None:  # kept on the callback so every measurement sees the same images
-            self._batch = (batch[0].detach().clone(), batch[1].detach().clone())
+            fixed = getattr(getattr(trainer, "datamodule", None), "fixed_batch", None)
+            images, targets = fixed() if fixed is not None else batch[:2]
+            self._batch = (images.detach().clone().to(batch[0].device), targets.detach().clone().to(batch[1].device))
         step = trainer.global_step  # already counts the step just taken: measure at steps 1, 1 + N, ...
         if step == self._last_step or (step - 1) % self.every:
             return

@@ -113,6 +113,14 @@ class YoloDataModule(L.LightningDataModule):
             persistent_workers=self.workers > 0, pin_memory=torch.cuda.is_available(),
         )
 
+    def fixed_batch(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``batch_size`` images of ``split``, letterboxed and never augmented, collated:
+        ``(images [B, C, h, w], targets [N, 6])``. The same every time, also after a resume."""
+        images = self._images(split)[: self.batch_size]
+        data = YoloDataset(images, self.spec.num_classes, self.img_size, channels=self.channels)
+        batch_images, targets, _ = collate([data[i] for i in range(len(data))])
+        return batch_images, targets
+
     def transfer_batch_to_device(self, batch: tuple, device: torch.device, dataloader_idx: int) -> tuple:
         """Move images and targets; the per-image metadata (frozen dataclasses) stays on the host."""
         images, targets, metas = batch
