@@ -30,6 +30,19 @@ def test_unknown_keys_are_errors():
         build_config({}, ["loss.box=mse"])
 
 
+def test_doctor_thresholds_are_a_section_that_reaches_the_callback(tmp_path):
+    from yololab.diagnostics.callbacks import diagnostics_callbacks
+    from yololab.diagnostics.doctor_callback import DoctorCallback
+
+    cfg = build_config({}, ["doctor.unfound_iou_gain=0.2", "doctor.settle_epochs=2"])
+    assert (cfg.doctor.unfound_iou_gain, cfg.doctor.settle_epochs, cfg.doctor.unfound_separation) == (0.2, 2, 2.0)
+    with pytest.raises(ValueError, match="invalid configuration"):
+        build_config({}, ["doctor.no_such_threshold=1"])
+    (doctor,) = [c for c in diagnostics_callbacks(cfg.diagnostics, tmp_path, cfg.doctor)
+                 if isinstance(c, DoctorCallback)]
+    assert doctor.cfg == cfg.doctor
+
+
 def test_yaml_round_trip(tmp_path):
     cfg = build_config({"preset": "keras-yolo3", "name": "x"}, ["optim.lr=0.01"])
     save_config(cfg, tmp_path / "config.yaml")
