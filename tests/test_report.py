@@ -42,7 +42,8 @@ FINDINGS = [
      "numbers": {"obj_pos": 0.01}, "message": "obj_pos fell below 0.05 & stays there",
      "suggestion": "lower noobj weight", "changes": ["loss.noobj_weight=0.5"]},
     {"rule": "val_overfit", "severity": "warning", "scale": 0, "term": "cls", "first_epoch": 1,
-     "numbers": {"gap": 0.4}, "message": "val cls rises while train falls", "suggestion": "augment",
+     "numbers": {"gap": 0.4, "ratio": 1.6244939271255060}, "message": "val cls rises while train falls",
+     "suggestion": "augment",
      "changes": []},
 ]
 ANCHOR_FIT = {"n_truths": 40, "n_anchors": 4, "anchor_t": 4.0, "anchors": [[10, 14], [23, 27], [37, 58], [81, 82]],
@@ -203,6 +204,8 @@ def test_findings_table_lists_each_finding(report):
         assert cells["severity"] == finding["severity"]
         assert cells["message"] == finding["message"]  # "&" escaped in the file, restored by the parser
         assert cells["first_epoch"] == str(finding["first_epoch"])
+    numbers = dict(zip(header, body[1], strict=True))["numbers"]
+    assert json.loads(numbers) == {"gap": 0.4, "ratio": 1.624}  # four significant digits
 
 
 def test_findings_rows_coloured_by_severity(report):

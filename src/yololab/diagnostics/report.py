@@ -145,8 +145,19 @@ def _fmt(value) -> str:
         # small values (learning rates, obj_neg) would print as 0.0000 with fixed decimals
         return f"{value:.{DIGITS}g}" if 0 < abs(value) < SMALL else f"{value:.{DIGITS}f}"
     if isinstance(value, list | dict):
-        return json.dumps(value, default=str)
+        return json.dumps(_rounded(value), default=str)
     return str(value)
+
+
+def _rounded(value):
+    """Floats inside lists and dicts (a finding's numbers) to DIGITS significant digits, for reading."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{DIGITS}g}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------- html
