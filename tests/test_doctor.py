@@ -197,6 +197,48 @@ def test_false_positive_objectness_quiet_when_it_recovers():
     assert only(diagnose(rows, HEALTHY_FIT), "false_positive_objectness") == []
 
 
+EDGES = [k / 20 for k in range(21)]  # 20 bins like the callback's default; edge 10 is 0.5
+
+
+def _histograms(fp_at_half: dict[int, int], below_half: int = 30, n_pos: int = 10) -> list[dict]:
+    """histograms.jsonl rows where scale 0 has ``n_pos`` responsible predictions and, per epoch,
+    ``fp_at_half[e]`` other predictions in the bin [0.5, 0.55) plus ``below_half`` in [0.45, 0.5), which
+    must not count; other scales have nothing above 0.5."""
+    rows = []
+    for e in range(EPOCHS):
+        hist = {}
+        for s in range(SCALES):
+            neg = [1000] + [0] * 19
+            if s == 0:
+                neg[9], neg[10] = below_half, fp_at_half.get(e, 0)
+            hist[f"obj_neg/s{s}"] = {"counts": neg, "num": sum(neg)}
+            hist[f"obj_pos/s{s}"] = {"counts": [0] * 19 + [n_pos], "num": n_pos}
+        rows.append({"epoch": e, "edges": EDGES, "histograms": hist})
+    return rows
+
+
+def test_false_positives_counted_from_the_histograms():
+    # 60 predictions >= 0.5 away from 10 objects = 6 per truth > 5, while the mean obj_neg stays low.
+    hist = _histograms({e: 60 for e in range(2, EPOCHS)})
+    found = only(diagnose(healthy_rows(), HEALTHY_FIT, loss={"obj_weight": 2500.0, "noobj_weight": 1.0},
+                          histograms=hist), "false_positive_objectness")
+    assert [(f.scale, f.first_epoch) for f in found] == [(0, 2)]
+    assert found[0].numbers["fp_per_truth"] == 6.0
+    assert found[0].changes == {"loss.noobj_weight": 2.0, "loss.obj_weight": 1250.0}
+    assert "2.5e+03x noobj" in found[0].suggestion and "6 predictions away from objects" in found[0].message
+
+
+def test_false_positives_below_the_limit_or_below_the_confidence_are_quiet():
+    # 40 per 10 truths = 4 <= 5; and the 30 at [0.45, 0.5) never count
+    hist = _histograms({e: 40 for e in range(EPOCHS)})
+    assert only(diagnose(healthy_rows(), HEALTHY_FIT, histograms=hist), "false_positive_objectness") == []
+    assert only(diagnose(healthy_rows(), HEALTHY_FIT, histograms=_histograms({}, below_half=1000)),
+                "false_positive_objectness") == []
+    strict = DoctorConfig(max_fp_per_truth=3.0)
+    assert len(only(diagnose(healthy_rows(), HEALTHY_FIT, strict, histograms=hist),
+                    "false_positive_objectness")) == 1
+
+
 # --------------------------------------------------------------------------------------------- rule 4
 
 

@@ -44,8 +44,7 @@ def doctor_command(
     Example: yololab doctor runs/train --set unfound_iou=0.05
     """
     try:
-        _, _, config = read_run(run)
-        cfg = run_doctor_config(config, parse_overrides(overrides or []), run / "config.yaml")
+        cfg = run_doctor_config(read_run(run).config, parse_overrides(overrides or []), run / "config.yaml")
         findings = diagnose_run(run, cfg)
     except (DoctorInputError, ConfigError, OSError) as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")

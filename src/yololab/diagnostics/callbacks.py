@@ -28,11 +28,11 @@ from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
 from yololab.diagnostics.doctor import DoctorConfig
 from yololab.diagnostics.doctor_callback import DoctorCallback
 from yololab.diagnostics.report import write_report
+from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
 from yololab.model.coder import BoxCoder
 
 HIST_KINDS = ("obj_pos", "obj_neg", "iou")
 HIST_RANGE = (0.0, 1.0)  # objectness probabilities and IoUs both live in [0, 1]
-HISTOGRAMS_FILE = "histograms.jsonl"
 # Moments kept per histogram key, beside the counts: what TensorBoard's HistogramProto asks for.
 SUM, SUM_SQUARES, MIN, MAX = range(4)
 

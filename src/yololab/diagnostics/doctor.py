@@ -25,12 +25,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from yololab.diagnostics.runfiles import ROW_KEYS, read_jsonl
+from yololab.diagnostics.runfiles import ROW_KEYS, read_histograms, read_jsonl
 from yololab.errors import FileProblem
 
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
 TERM_KEY = re.compile(r"^loss/(?P<term>[a-z]+)/s(?P<scale>\d+)$")
 SCALE_KEY = re.compile(r"/s(?P<scale>\d+)$")
+EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
 
 
@@ -65,6 +66,13 @@ class DoctorConfig(BaseModel):
     high_obj_neg: float = Field(
         0.1, gt=0, le=1, description="False positives: mean objectness away from objects (obj_neg) above "
         "this.")
+    fp_conf: float = Field(
+        0.5, gt=0, lt=1, description="False positives: the confidence at which predictions away from objects "
+        "are counted (from the validation histograms).")
+    max_fp_per_truth: float = Field(
+        5.0, gt=0, description="False positives: more predictions away from objects above fp_conf per true "
+        "object than this (sparse images, 8 epochs: keras-yolo3 with obj_scale 50 gave 20-22 at the coarse "
+        "scales, with obj_scale 5 2-4, ultralytics under 0.1).")
     weight_step: float = Field(
         2.0, gt=1, description="Factor by which a suggested change multiplies a loss weight.")
     lagging_iou: float = Field(
@@ -136,13 +144,15 @@ class Finding:
 
 @dataclass
 class Context:
-    """What rules read: rows per split sorted by epoch, the anchor fit, the run's loss config (may be {})."""
+    """What rules read: rows per split sorted by epoch, the anchor fit, the run's loss config (may be {}), the
+    thresholds and the validation histograms (histograms.jsonl rows; [] when not recorded)."""
 
     train: list[dict]
     val: list[dict]
     anchor_fit: dict | None
     loss: dict
     cfg: DoctorConfig
+    histograms: list[dict] = field(default_factory=list)
 
     @property
     def scales(self) -> list[int]:
@@ -247,26 +257,53 @@ def rule_low_separated_objectness(ctx: Context) -> list[Finding]:
     return out
 
 
+def false_positives_per_truth(histograms: list[dict], scale: int, conf: float) -> dict[int, float]:
+    """epoch -> predictions away from objects with objectness >= ``conf`` per responsible prediction, over the
+    whole validation set, from histograms.jsonl rows (bins whose lower edge is >= ``conf``; before NMS, so a
+    neighbour of a true object counts too). Epochs without samples at that scale are left out."""
+    out = {}
+    for row in histograms:
+        neg, pos = (row["histograms"].get(f"{kind}/s{scale}") for kind in ("obj_neg", "obj_pos"))
+        if not neg or not pos or not pos["num"]:
+            continue
+        first = next((k for k, edge in enumerate(row["edges"][:-1]) if edge >= conf - EDGE_TOL), None)
+        out[row["epoch"]] = sum(neg["counts"][first:]) / pos["num"] if first is not None else 0.0
+    return out
+
+
 def rule_false_positive_objectness(ctx: Context) -> list[Finding]:
-    """Objectness high away from objects (obj_neg) at the last epoch."""
+    """Objectness high away from objects to the last epoch: the mean (obj_neg) above ``high_obj_neg``, or,
+    from the validation histograms, more than ``max_fp_per_truth`` predictions away from objects above
+    ``fp_conf`` for each true object."""
     c, out = ctx.cfg, []
     for s in ctx.scales:
-        neg = [(e, v) for e, v in series(ctx.stat_rows(), f"stat/obj_neg/s{s}") if e >= c.settle_epochs]
-        start = _tail_start([(e, v > c.high_obj_neg) for e, v in neg])
+        neg = {e: v for e, v in series(ctx.stat_rows(), f"stat/obj_neg/s{s}") if e >= c.settle_epochs}
+        fp = {e: v for e, v in false_positives_per_truth(ctx.histograms, s, c.fp_conf).items()
+              if e >= c.settle_epochs}
+        epochs = sorted(set(neg) | set(fp))
+        start = _tail_start([(e, neg.get(e, 0.0) > c.high_obj_neg or fp.get(e, 0.0) > c.max_fp_per_truth)
+                             for e in epochs])
         if start is None:
             continue
         pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
-        last_epoch, last = neg[-1]
-        numbers = {"obj_neg": last}
-        if last_epoch in pos:
-            numbers["obj_pos"] = pos[last_epoch]
-        changes = {"loss.noobj_weight": ctx.loss.get("noobj_weight", 1.0) * c.weight_step}
+        last = epochs[-1]
+        numbers = {k: v for k, v in (("obj_neg", neg.get(last)), ("obj_pos", pos.get(last)),
+                                     ("fp_per_truth", fp.get(last))) if v is not None}
+        said = [f"{neg[last]:.3g} on average"] if last in neg else []
+        if last in fp:
+            said.append(f"{fp[last]:.3g} predictions away from objects above {c.fp_conf:g} for each true object "
+                        f"(before NMS)")
+        obj_weight, noobj_weight = ctx.loss.get("obj_weight", 1.0), ctx.loss.get("noobj_weight", 1.0)
+        changes = {"loss.noobj_weight": noobj_weight * c.weight_step}
+        suggestion = "Weight objectness elsewhere (noobj) more relative to objectness at objects (obj)"
+        if obj_weight > noobj_weight:
+            changes["loss.obj_weight"] = obj_weight / c.weight_step
+            suggestion += f": obj is weighted {obj_weight / noobj_weight:.3g}x noobj"
         out.append(Finding(
             "false_positive_objectness", "warning", scale=s, term="noobj", first_epoch=start, numbers=numbers,
-            message=f"At scale {s} objectness away from objects is high ({last:.3g} on average): many false "
+            message=f"At scale {s} objectness away from objects is high ({'; '.join(said)}): many false "
                     f"positives.",
-            suggestion="Weight objectness elsewhere (noobj) more relative to objectness at objects (obj).",
-            changes=changes,
+            suggestion=suggestion + ".", changes=changes,
         ))
     return out
 
@@ -528,25 +565,36 @@ RULES = [
 
 
 def diagnose(rows: list[dict], anchor_fit: dict | None = None, cfg: DoctorConfig | None = None,
-             loss: dict | None = None) -> list[Finding]:
+             loss: dict | None = None, histograms: list[dict] | None = None) -> list[Finding]:
     """Run every rule in ``RULES`` over metrics rows; findings sorted by severity, then epoch.
 
     ``loss``: the run's loss config section (``config.yaml``'s ``loss``) for context such as ``box_loss``,
-    ``aggregation`` and the current weights; None when unknown.
+    ``aggregation`` and the current weights; None when unknown. ``histograms``: the histograms.jsonl rows
+    (validation objectness and IoU per scale), None when not recorded.
     """
     cfg = cfg or DoctorConfig()
     by_split = {split: sorted((r for r in rows if r.get("split") == split), key=lambda r: r["epoch"])
                 for split in ("train", "val")}
-    ctx = Context(by_split["train"], by_split["val"], anchor_fit, dict(loss or {}), cfg)
+    ctx = Context(by_split["train"], by_split["val"], anchor_fit, dict(loss or {}), cfg, list(histograms or []))
     findings = [f for rule in RULES for f in rule(ctx)]
     return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity),
                                            -1 if f.first_epoch is None else f.first_epoch, f.rule))
 
 
-def read_run(run_dir: str | Path) -> tuple[list[dict], dict | None, dict]:
-    """metrics.jsonl rows, anchor_fit.json (None if absent) and config.yaml as a dict ({} if absent).
+@dataclass
+class RunFiles:
+    """What the doctor reads from a run folder."""
 
-    Raises DoctorInputError naming the file and line for a missing or unreadable file.
+    rows: list[dict]  # metrics.jsonl
+    anchor_fit: dict | None  # anchor_fit.json, None if absent
+    config: dict  # config.yaml, {} if absent
+    histograms: list[dict]  # histograms.jsonl, [] if absent
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read a run folder's metrics, anchor fit, config and histograms.
+
+    Raises DoctorInputError naming the file and line for a missing metrics.jsonl or an unreadable file.
     """
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
@@ -570,7 +618,7 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], dict | None, dict]:
             raise DoctorInputError(config_path, None, f"not YAML ({err})") from None
         if not isinstance(config, dict):
             raise DoctorInputError(config_path, None, "expected a mapping at the top level")
-    return rows, fit, config
+    return RunFiles(rows, fit, config, read_histograms(run_dir, DoctorInputError))
 
 
 def run_doctor_config(config: dict, overrides: dict | None = None, source: Path | None = None) -> DoctorConfig:
@@ -596,9 +644,9 @@ def diagnose_run(run_dir: str | Path, cfg: DoctorConfig | None = None) -> list[F
 
     ``cfg``: the thresholds; None takes the ``doctor`` section of the run's config.yaml (defaults if absent).
     """
-    rows, fit, config = read_run(run_dir)
-    cfg = cfg or run_doctor_config(config, source=Path(run_dir) / "config.yaml")
-    findings = diagnose(rows, fit, cfg, config.get("loss") or {})
+    run = read_run(run_dir)
+    cfg = cfg or run_doctor_config(run.config, source=Path(run_dir) / "config.yaml")
+    findings = diagnose(run.rows, run.anchor_fit, cfg, run.config.get("loss") or {}, run.histograms)
     path = Path(run_dir) / FINDINGS_FILE
     path.write_text(json.dumps([_finite(f.to_dict()) for f in findings], indent=2) + "\n")
     return findings

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from yololab.diagnostics import plots
-from yololab.diagnostics.runfiles import ROW_KEYS, read_jsonl
+from yololab.diagnostics.runfiles import ROW_KEYS, read_histograms, read_jsonl
 from yololab.errors import FileProblem
 
 REPORT_NAME = "report.html"
@@ -90,8 +90,7 @@ def load_run(run_dir: str | Path) -> Run:
     for i, finding in enumerate(findings or []):
         if not isinstance(finding, dict):
             raise ReportError(run_dir / "findings.json", None, f"finding {i} is not an object")
-    histograms_path = run_dir / "histograms.jsonl"
-    histograms = read_rows(histograms_path, ("epoch", "edges", "histograms")) if histograms_path.is_file() else []
+    histograms = read_histograms(run_dir, ReportError)
     return Run(path=run_dir, name=str(config.get("name") or run_dir.name), config=config,
                config_text=config_text, rows=read_rows(run_dir / "metrics.jsonl"),
                anchor_fit=_read_json(run_dir / "anchor_fit.json", dict), findings=findings,

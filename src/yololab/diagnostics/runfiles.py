@@ -8,6 +8,8 @@ from pathlib import Path
 from yololab.errors import FileProblem
 
 ROW_KEYS = ("epoch", "split")  # what every metrics.jsonl row has
+HISTOGRAMS_FILE = "histograms.jsonl"
+HISTOGRAM_KEYS = ("epoch", "edges", "histograms")  # what every histograms.jsonl row has
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ROW_KEYS,
@@ -28,3 +30,9 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ROW_KEYS,
             raise error(path, number, f"expected an object with keys {', '.join(required)} and an integer epoch")
         rows.append(row)
     return rows
+
+
+def read_histograms(run_dir: Path, error: type[FileProblem] = FileProblem) -> list[dict]:
+    """The rows of ``run_dir/histograms.jsonl``; [] when the run did not record histograms."""
+    path = Path(run_dir) / HISTOGRAMS_FILE
+    return read_jsonl(path, HISTOGRAM_KEYS, error) if path.is_file() else []
