@@ -26,7 +26,7 @@ from yololab.commands.anchors import anchors_command
 from yololab.config import build_config
 from yololab.data import make_sparse
 from yololab.diagnostics import plots
-from yololab.diagnostics.doctor import diagnose_run
+from yololab.diagnostics.doctor import diagnose_run, false_positives_per_truth
 from yololab.diagnostics.report import compare_runs, load_run, load_runs, write_report
 from yololab.engine.train import train
 from yololab.model import Darknet
@@ -36,6 +36,7 @@ SPLITS = {"train": 1500, "val": 250, "test": 250}
 BASE_CFG = "yolov3-tiny-3l-small"
 LR = 3e-3
 SUMMARY_STATS = ("iou", "iou_prior", "obj_pos", "obj_neg")  # last val epoch, per scale, in summary.json
+FP_CONF = 0.5  # summary.json's fp_per_truth: predictions away from objects above this per true object
 # name -> (dataset, preset, extra overrides)
 RUNS = {
     "keras-obj5": ("sparse", "keras-yolo3", ["loss.obj_weight=25"]),
@@ -108,11 +109,14 @@ def summarise(out: Path, names: list[str], data: dict[str, Path], model_cfg: Pat
         (run_dir / "anchor_fit.json").write_text(json.dumps(fit, indent=2))
         findings = diagnose_run(run_dir)
         write_report(run_dir)
-        val = [row for row in load_run(run_dir).rows if row["split"] == "val"][-1]
+        run = load_run(run_dir)
+        val = [row for row in run.rows if row["split"] == "val"][-1]
         scales = sorted({k.split("/")[-1] for k in val if k.startswith("stat/iou/")})
         summary.append({
             "run": name, "mAP50": val["mAP50"], "mAP50_95": val["mAP50_95"],
             **{f"{stat}/{s}": val.get(f"stat/{stat}/{s}") for stat in SUMMARY_STATS for s in scales},
+            **{f"fp_per_truth/{s}": false_positives_per_truth(run.histograms, int(s[1:]), FP_CONF).get(val["epoch"])
+               for s in scales},
             "findings": [f"{f.severity} {f.rule}" + (f" s{f.scale}" if f.scale is not None else "")
                          for f in findings]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
