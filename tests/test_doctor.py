@@ -269,6 +269,7 @@ def test_lagging_iou_quiet_when_no_scale_improves():
 def test_overfitting_names_term_scale_and_start():
     rows = healthy_rows()
     set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.85, 4: 0.9, 5: 0.95})
+    set_values(rows, "val", "mAP50", {4: 0.45, 5: 0.4})  # mAP50 peaks at epoch 4, before the rise ends
     found = only(diagnose(rows, HEALTHY_FIT), "overfitting")
     assert len(found) == 1
     f = found[0]
@@ -277,6 +278,15 @@ def test_overfitting_names_term_scale_and_start():
     assert f.numbers == {"val_before": 0.8, "val_after": 0.95, "train_before": pytest.approx(train[0]),
                          "train_after": pytest.approx(train[1]), "epochs": 3}
     assert f.changes == {"train.epochs": 3}
+
+
+def test_overfitting_while_map_still_rises_is_info_without_a_change():
+    # the same rise, but mAP50 rises to the last epoch (healthy_rows): nothing has been lost yet
+    rows = healthy_rows()
+    set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.85, 4: 0.9, 5: 0.95})
+    (f,) = only(diagnose(rows, HEALTHY_FIT), "overfitting")
+    assert (f.severity, f.first_epoch, f.changes, f.numbers["best_map_epoch"]) == ("info", 3, {}, 5)
+    assert "not cost accuracy yet" in f.message
 
 
 def test_overfitting_needs_k_rising_epochs():

@@ -33,6 +33,7 @@ TERM_KEY = re.compile(r"^loss/(?P<term>[a-z]+)/s(?P<scale>\d+)$")
 SCALE_KEY = re.compile(r"/s(?P<scale>\d+)$")
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
+BEST_METRIC = "mAP50"  # the val metric best.ckpt is chosen on
 
 
 class DoctorInputError(FileProblem):
@@ -337,8 +338,15 @@ def rule_lagging_scale_iou(ctx: Context) -> list[Finding]:
 
 
 def rule_overfitting(ctx: Context) -> list[Finding]:
-    """Per term and scale: the val term rises for k epochs in a row while the train term falls."""
+    """Per term and scale: the val term rises for k epochs in a row while the train term falls.
+
+    When val mAP50 is still at its best at the end of that rise, it has not cost accuracy yet: an info
+    without a change to make (early in training a term such as noobj can rise on val while objectness learns
+    to fire, and stopping there would be wrong).
+    """
     k, out = ctx.cfg.overfit_epochs, []
+    map50 = dict(series(ctx.val, BEST_METRIC))
+    best_map_epoch = max(map50, key=lambda e: (map50[e], e)) if map50 else None
     for term, s in ctx.terms:
         key = f"loss/{term}/s{s}"
         train, val = dict(series(ctx.train, key)), dict(series(ctx.val, key))
@@ -350,16 +358,26 @@ def rule_overfitting(ctx: Context) -> list[Finding]:
             if run == k:
                 start = epochs[epochs.index(e) - k + 1]
                 best = epochs[epochs.index(start) - 1]
-                out.append(Finding(
-                    "overfitting", "warning", scale=s, term=term, first_epoch=start,
-                    numbers={"val_before": val[best], "val_after": val[e], "train_before": train[best],
-                             "train_after": train[e], "epochs": k},
-                    message=f"The {term} term at scale {s} overfits from epoch {start}: validation rose "
-                            f"{val[best]:.3g} -> {val[e]:.3g} while training fell {train[best]:.3g} -> "
-                            f"{train[e]:.3g}.",
-                    suggestion="Stop earlier, add data or augmentation, or lower that term's weight.",
-                    changes={"train.epochs": start},
-                ))
+                numbers = {"val_before": val[best], "val_after": val[e], "train_before": train[best],
+                           "train_after": train[e], "epochs": k}
+                message = (f"The {term} term at scale {s} overfits from epoch {start}: validation rose "
+                           f"{val[best]:.3g} -> {val[e]:.3g} while training fell {train[best]:.3g} -> "
+                           f"{train[e]:.3g}")
+                if best_map_epoch is not None and best_map_epoch >= e:
+                    out.append(Finding(
+                        "overfitting", "info", scale=s, term=term, first_epoch=start,
+                        numbers={**numbers, "best_map_epoch": best_map_epoch},
+                        message=message + f", but val {BEST_METRIC} is still at its best (epoch "
+                                          f"{best_map_epoch}): it has not cost accuracy yet.",
+                        suggestion=f"Watch it: if {BEST_METRIC} stops rising, stop at the epoch it peaks or add "
+                                   "data or augmentation."))
+                else:
+                    out.append(Finding(
+                        "overfitting", "warning", scale=s, term=term, first_epoch=start, numbers=numbers,
+                        message=message + ".",
+                        suggestion="Stop earlier, add data or augmentation, or lower that term's weight.",
+                        changes={"train.epochs": start},
+                    ))
                 break
     return out
 
