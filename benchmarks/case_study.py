@@ -7,7 +7,8 @@ Usage: .venv/bin/python benchmarks/case_study.py [--out runs/case_study] [--epoc
 2. Anchors fitted to the training boxes by k-means (``yololab anchors --write-cfg``) into the packaged
    ``yolov3-tiny-3l-small`` cfg, used by every run.
 3. Runs: keras-yolo3 as the seeds' team used it (MSE objectness, obj_scale 5 and 50: loss weights 25 and
-   2,500 since the scale sits inside the square), ultralytics, yololab, and yololab on the mis-encoded labels.
+   2,500 since the scale sits inside the square), ultralytics, yololab, and yololab on the mis-encoded labels;
+   then yololab and ultralytics again with the change the doctor suggested for them.
 4. The doctor's findings of each run, ``compare.html`` over all runs, excerpt PNGs (statistics, gradient
    shares, histograms of all runs overlaid), ``summary.json`` and a table of the final numbers.
 ``--summarise-only`` redoes step 4 on finished runs (anchor fit, findings and reports with the current code).
@@ -44,6 +45,9 @@ RUNS = {
     "ultralytics": ("sparse", "ultralytics", []),
     "yololab": ("sparse", "yololab", []),
     "yololab-swapped-xy": ("swapped", "yololab", []),
+    # the doctor's suggestion for the two runs with low but well-separated objectness, applied
+    "yololab-obj2": ("sparse", "yololab", ["loss.obj_weight=2"]),
+    "ultralytics-obj2-one": ("sparse", "ultralytics", ["loss.obj_weight=2", "loss.obj_target=one"]),
 }
 
 
