@@ -1,4 +1,4 @@
-"""Dataset formats: reading YOLO / one-line / COCO / VOC into pixel boxes, writing YOLO and COCO,
+"""Dataset formats: reading YOLO / one-line / COCO / VOC into pixel boxes, writing YOLO, COCO and VOC,
 round trips, error messages and the `data convert` command.
 
 Expected boxes are worked out by hand in the comments next to them.
@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from yololab.commands.convert import EXIT_ERROR, convert_command
 from yololab.data.errors import DataError
 from yololab.data.formats import (
+    Annotations,
+    ImageRecord,
     convert,
     detect_format,
     read_coco,
@@ -27,6 +29,7 @@ from yololab.data.formats import (
     read_voc,
     read_yolo,
     write_coco,
+    write_voc,
     write_yolo,
 )
 
@@ -223,19 +226,146 @@ def test_yolo_coco_yolo_round_trip(yolo_dir, tmp_path):
         np.testing.assert_allclose(label_rows(final), expected, rtol=0, atol=1e-9)
 
 
+def coco_boxes_by_file(json_path: Path) -> list[tuple[str, str, list[float]]]:
+    """(file_name, category name, bbox) of each non-crowd annotation, sorted: independent of ids."""
+    data = json.loads(json_path.read_text())
+    files = {i["id"]: i["file_name"] for i in data["images"]}
+    cats = {c["id"]: c["name"] for c in data["categories"]}
+    return sorted((files[a["image_id"]], cats[a["category_id"]], a["bbox"]) for a in data["annotations"]
+                  if not a.get("iscrowd"))
+
+
 def test_coco_yolo_coco_round_trip(coco_json, tmp_path):
     write_yolo(read_coco(coco_json), tmp_path / "yolo")
     (final,) = write_coco(read_yolo(tmp_path / "yolo/data.yaml"), tmp_path / "coco2")
-
-    def boxes_by_file(data):
-        files = {i["id"]: i["file_name"] for i in data["images"]}
-        cats = {c["id"]: c["name"] for c in data["categories"]}
-        return sorted((files[a["image_id"]], cats[a["category_id"]], a["bbox"]) for a in data["annotations"]
-                      if not a.get("iscrowd"))
-
-    before, after = boxes_by_file(json.loads(coco_json.read_text())), boxes_by_file(json.loads(final.read_text()))
+    before, after = coco_boxes_by_file(coco_json), coco_boxes_by_file(final)
     assert [b[:2] for b in after] == [b[:2] for b in before] == [("a.png", "cat"), ("c.png", "dog")]
     np.testing.assert_allclose([b[2] for b in after], [b[2] for b in before], rtol=0, atol=1e-6)
+
+
+# The VOC file write_voc gives for a grey 40x20 image a.png with one dog box, worked out by hand:
+# YOLO "1 0.3125 0.5 0.25 0.5" -> x 0.3125*40 -/+ 0.25*40/2 = 12.5 -/+ 5 = 7.5..17.5, y 10 -/+ 5 = 5..15.
+# VOC adds 1 to the left and top edges only: xmin 7.5+1 = 8.5, ymin 5+1 = 6, xmax 17.5, ymax 15.
+EXPECTED_VOC_XML = """<annotation>
+  <folder>voc</folder>
+  <filename>a.png</filename>
+  <size>
+    <width>40</width>
+    <height>20</height>
+    <depth>1</depth>
+  </size>
+  <object>
+    <name>dog</name>
+    <pose>Unspecified</pose>
+    <truncated>0</truncated>
+    <difficult>0</difficult>
+    <bndbox>
+      <xmin>8.5</xmin>
+      <ymin>6</ymin>
+      <xmax>17.5</xmax>
+      <ymax>15</ymax>
+    </bndbox>
+  </object>
+</annotation>
+"""
+
+
+def test_write_voc_hand_computed_xml(tmp_path):
+    root = tmp_path / "yolo"
+    root.joinpath("images/train").mkdir(parents=True)
+    Image.new("L", SIZE_A, 128).save(root / "images/train/a.png")  # grey: depth 1
+    write(root / "labels/train/a.txt", "1 0.3125 0.5 0.25 0.5\n")
+    write(root / "data.yaml", yaml.safe_dump({"path": str(root), "train": "images/train", "names": ["cat", "dog"]}))
+    written = write_voc(read_yolo(root / "data.yaml"), tmp_path / "voc")
+    assert written == [tmp_path / "voc/Annotations/a.xml"]
+    assert written[0].read_text() == EXPECTED_VOC_XML
+    assert (tmp_path / "voc/ImageSets/Main/train.txt").read_text() == "a\n"
+    placed = tmp_path / "voc/JPEGImages/a.png"
+    assert os.stat(placed).st_ino == os.stat(root / "images/train/a.png").st_ino  # hard-linked
+    (record,) = read_voc(tmp_path / "voc").splits["train"]
+    np.testing.assert_array_equal(record.boxes, [[7.5, 5, 17.5, 15]])  # read back: 8.5-1, 6-1, 17.5, 15
+
+
+def test_yolo_voc_yolo_round_trip(yolo_dir, tmp_path):
+    ann = read_yolo(yolo_dir / "data.yaml")
+    write_voc(ann, tmp_path / "voc")
+    assert (tmp_path / "voc/ImageSets/Main/train.txt").read_text() == "a\nb\n"
+    assert (tmp_path / "voc/ImageSets/Main/val.txt").read_text() == "c\n"
+    back = read_voc(tmp_path / "voc")  # names: those found, sorted; here the same as the source's
+    assert back.names == ann.names and list(back.splits) == list(ann.splits) == ["train", "val"]
+    for split, records in ann.splits.items():
+        assert [r.path.name for r in back.splits[split]] == [r.path.name for r in records]
+        for before, after in zip(records, back.splits[split], strict=True):
+            assert (after.width, after.height) == (before.width, before.height)
+            assert after.classes.tolist() == before.classes.tolist()
+            np.testing.assert_allclose(after.boxes, before.boxes, rtol=0, atol=1e-8)  # 10 digits of <= 41 px
+    _, (yaml_path,) = convert(tmp_path / "voc", tmp_path / "yolo2", to="yolo")
+    spec = yaml.safe_load(yaml_path.read_text())
+    assert spec["names"] == ["cat", "dog"] and spec["train"] == "images/train" and spec["val"] == "images/val"
+    for name in ("train/a", "train/b", "val/c"):
+        original, final = yolo_dir / f"labels/{name}.txt", tmp_path / f"yolo2/labels/{name}.txt"
+        expected = label_rows(original) if original.exists() else np.zeros((0, 5))
+        np.testing.assert_allclose(label_rows(final), expected, rtol=0, atol=1e-9)
+
+
+def test_coco_voc_coco_round_trip(coco_json, tmp_path):
+    _, xmls = convert(coco_json, tmp_path / "voc", to="voc")
+    assert [p.name for p in xmls] == ["a.xml", "c.xml"]
+    # c: bbox [1.25, 2.5, 10.123456, 7.75] -> x1 1.25, y1 2.5, x2 11.373456, y2 10.25 -> xmin 2.25, ymin 3.5.
+    assert "<xmin>2.25</xmin>" in xmls[1].read_text() and "<xmax>11.373456</xmax>" in xmls[1].read_text()
+    assert (tmp_path / "voc/ImageSets/Main/train2017.txt").read_text() == "a\nc\n"
+    back = read_voc(tmp_path / "voc")
+    assert list(back.splits) == ["train2017"] and back.names == ["cat", "dog"]  # VOC has no class order
+    (final,) = write_coco(back, tmp_path / "coco2")
+    before, after = coco_boxes_by_file(coco_json), coco_boxes_by_file(final)
+    assert [b[:2] for b in after] == [b[:2] for b in before] == [("a.png", "cat"), ("c.png", "dog")]
+    np.testing.assert_allclose([b[2] for b in after], [b[2] for b in before], rtol=0, atol=1e-8)
+
+
+def test_read_voc_split_lists_as_in_the_devkit(voc_dir):
+    main = voc_dir / "ImageSets/Main"
+    write(main / "train.txt", "a\n")
+    write(main / "val.txt", "b\n\n")
+    write(main / "trainval.txt", "a\nb\n")  # the union of train and val: not a split of its own
+    write(main / "dog_train.txt", "a -1\n")  # a per-class list: not a split
+    write(voc_dir / "Annotations/z.xml", "<annotation>")  # in no list: never read (it would not parse)
+    ann = read_voc(voc_dir)
+    assert list(ann.splits) == ["train", "val"]
+    assert [r.path.name for r in ann.splits["train"]] == ["a.png"]
+    assert [r.path.name for r in ann.splits["val"]] == ["b.png"]
+    assert ann.skipped == {"train": {"difficult": 1}, "val": {"difficult": 0}}
+    np.testing.assert_array_equal(ann.splits["val"][0].boxes, [[0, 0, 16, 16]])
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [("a\nx\n", ":2:", "no Annotations/x.xml for the listed image 'x'"),
+     ("a\nb\na\n", ":3:", "image 'a' is listed again (first on line 1)")],
+)
+def test_voc_split_list_errors(voc_dir, text, where, problem):
+    path = write(voc_dir / "ImageSets/Main/train.txt", text)
+    with pytest.raises(DataError) as info:
+        read_voc(voc_dir)
+    assert f"{path}{where}" in str(info.value) and problem in str(info.value)
+
+
+def test_write_voc_same_stem_in_two_splits_is_an_error(tmp_path):
+    first, second = png(tmp_path / "x/a.png", SIZE_A), png(tmp_path / "y/a.jpg", SIZE_B)
+    box = [[1, 1, 5, 5]]
+    ann = Annotations(names=["cat"], splits={"train": [ImageRecord(first, *SIZE_A, box, [0])],
+                                             "val": [ImageRecord(second, *SIZE_B, box, [0])]})
+    with pytest.raises(DataError) as info:
+        write_voc(ann, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith(f"{second}: split val: name stem 'a' is also that of {first} (split train)")
+    assert not (tmp_path / "out").exists()  # raised before anything was written
+
+
+def test_write_voc_refuses_split_names_that_read_back_as_other_lists(tmp_path):
+    record = ImageRecord(png(tmp_path / "a.png", SIZE_A), *SIZE_A, np.zeros((0, 4)), [])
+    ann = Annotations(names=["cat"], splits={"train": [record], "val": [], "trainval": []})
+    with pytest.raises(ValueError, match=r"\['trainval'\] would read back as VOC's trainval"):
+        write_voc(ann, tmp_path / "out")
 
 
 def test_voc_to_yolo(voc_dir, tmp_path):
@@ -410,6 +540,15 @@ def test_cli_converts_and_prints_summary(cli, coco_json, tmp_path):
     assert [cell.strip() for cell in row.split("│")[1:-1]] == ["train2017", "2", "2", "0", "1", "0"]
     assert "2 classes: dog, cat" in result.output
     assert (tmp_path / "out/data.yaml").is_file()
+
+
+def test_cli_writes_voc(cli, yolo_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("yololab.commands.convert.MAX_LISTED_FILES", 2)  # 3 XML files: summed up by folder
+    result = cli(yolo_dir, tmp_path / "out", "--to", "voc")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out/Annotations").iterdir()) == ["a.xml", "b.xml", "c.xml"]
+    assert f"wrote 3 files in {tmp_path / 'out/Annotations'}" in result.output.replace("\n", "")
+    assert "yolo | coco | voc" in cli("--help").output
 
 
 def test_cli_forced_source_format_and_errors(cli, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from yololab.data.formats.records import SKIP_CROWD, SKIP_DIFFICULT
 console = Console()
 
 EXIT_ERROR = 2  # the exit status of every yololab command on bad input
+MAX_LISTED_FILES = 10  # more written files than this (VOC: one XML per image) are summed up by folder
 
 
 def convert_command(
@@ -32,10 +34,12 @@ def convert_command(
     image_root: Annotated[Path | None, typer.Option(
         help="Folder the source's image paths are relative to (one-line, COCO, VOC).")] = None,
 ) -> None:
-    """Convert a dataset to YOLO txt + data.yaml or to COCO JSON; images are hard-linked or copied.
+    """Convert a dataset to YOLO txt + data.yaml, COCO JSON or Pascal VOC XML; images are hard-linked or copied.
 
     Boxes are kept exactly, going through pixel coordinates.
     COCO crowd annotations and VOC difficult objects are left out and counted in the summary.
+
+    VOC output is the devkit layout: Annotations/, JPEGImages/ and ImageSets/Main/<split>.txt.
 
     Example: yololab data convert VOCdevkit/VOC2007 data/voc --to yolo
     """
@@ -56,6 +60,10 @@ def convert_command(
                       str(skipped.get(SKIP_CROWD, 0)), str(skipped.get(SKIP_DIFFICULT, 0)))
     console.print(table)
     console.print(f"{ann.num_classes} classes: {escape(', '.join(ann.names))}", highlight=False)
+    if len(written) > MAX_LISTED_FILES:
+        folder = os.path.commonpath([str(path) for path in written])
+        console.print(f"wrote {len(written)} files in {escape(folder)}", highlight=False)
+        return
     for path in written:
         console.print(f"wrote {escape(str(path))}", highlight=False)
 

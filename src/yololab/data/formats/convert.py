@@ -10,11 +10,11 @@ from yololab.data.formats.coco import ANNOTATION_FOLDER, JSON_PREFIX, read_coco,
 from yololab.data.formats.one_line import read_names, read_one_line
 from yololab.data.formats.records import Annotations
 from yololab.data.formats.voc import ANNOTATION_FOLDER as VOC_ANNOTATION_FOLDER
-from yololab.data.formats.voc import read_voc
+from yololab.data.formats.voc import read_voc, write_voc
 from yololab.data.formats.yolo import read_yolo, write_yolo
 
 SOURCE_FORMATS = ("yolo", "one-line", "coco", "voc")
-TARGET_FORMATS = ("yolo", "coco")
+TARGET_FORMATS = ("yolo", "coco", "voc")
 YAML_SUFFIXES = (".yaml", ".yml")
 DATA_YAML = "data.yaml"
 
@@ -69,10 +69,13 @@ def convert(
     """Convert the dataset at ``src`` into ``dst`` (absent or empty) in format ``to``.
 
     Returns what was read and the files written: ``[data.yaml]`` for YOLO, one
-    ``instances_<split>.json`` per split for COCO.
+    ``instances_<split>.json`` per split for COCO, one ``Annotations/<stem>.xml`` per image for VOC.
     """
     if to not in TARGET_FORMATS:
         raise ValueError(f"unknown target format {to!r}; expected one of {list(TARGET_FORMATS)}")
     ann = read_dataset(src, src_format, names, image_root)
-    written = [write_yolo(ann, dst)] if to == "yolo" else write_coco(ann, dst)
+    if to == "yolo":
+        written = [write_yolo(ann, dst)]
+    else:
+        written = write_coco(ann, dst) if to == "coco" else write_voc(ann, dst)
     return ann, written
