@@ -216,11 +216,15 @@ def test_yolo_to_coco_writes_hand_computed_json(yolo_dir, tmp_path):
 
 def test_yolo_coco_yolo_round_trip(yolo_dir, tmp_path):
     write_coco(read_yolo(yolo_dir / "data.yaml"), tmp_path / "coco")
-    yaml_path = write_yolo(read_coco(tmp_path / "coco"), tmp_path / "yolo2")
+    assert_same_yolo(yolo_dir, write_yolo(read_coco(tmp_path / "coco"), tmp_path / "yolo2"))
+
+
+def assert_same_yolo(original_dir, yaml_path):
+    """The YOLO dataset at ``yaml_path`` has the classes, splits and label rows of ``original_dir``."""
     spec = yaml.safe_load(yaml_path.read_text())
     assert spec["names"] == ["cat", "dog"] and spec["train"] == "images/train" and spec["val"] == "images/val"
     for name in ("train/a", "train/b", "val/c"):
-        original, final = yolo_dir / f"labels/{name}.txt", tmp_path / f"yolo2/labels/{name}.txt"
+        original, final = original_dir / f"labels/{name}.txt", yaml_path.parent / f"labels/{name}.txt"
         expected = label_rows(original) if original.exists() else np.zeros((0, 5))
         # 1e-9 of a <= 40-pixel side: under 1e-7 px.
         np.testing.assert_allclose(label_rows(final), expected, rtol=0, atol=1e-9)
@@ -300,12 +304,7 @@ def test_yolo_voc_yolo_round_trip(yolo_dir, tmp_path):
             assert after.classes.tolist() == before.classes.tolist()
             np.testing.assert_allclose(after.boxes, before.boxes, rtol=0, atol=1e-8)  # 10 digits of <= 41 px
     _, (yaml_path,) = convert(tmp_path / "voc", tmp_path / "yolo2", to="yolo")
-    spec = yaml.safe_load(yaml_path.read_text())
-    assert spec["names"] == ["cat", "dog"] and spec["train"] == "images/train" and spec["val"] == "images/val"
-    for name in ("train/a", "train/b", "val/c"):
-        original, final = yolo_dir / f"labels/{name}.txt", tmp_path / f"yolo2/labels/{name}.txt"
-        expected = label_rows(original) if original.exists() else np.zeros((0, 5))
-        np.testing.assert_allclose(label_rows(final), expected, rtol=0, atol=1e-9)
+    assert_same_yolo(yolo_dir, yaml_path)
 
 
 def test_coco_voc_coco_round_trip(coco_json, tmp_path):
