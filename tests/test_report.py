@@ -157,6 +157,15 @@ def test_report_sections_in_order(report):
     assert "details" in page.tags and "script" not in page.tags
 
 
+def test_summary_shows_test_metrics_when_the_run_has_them(tmp_path):
+    run = make_run(tmp_path, "tested")
+    summary = Page(write_report(run, tmp_path / "before.html").read_text()).table_with("value")
+    assert not [row for row in summary if row[0].startswith("test ")]
+    (run / "test_metrics.json").write_text(json.dumps({"mAP50": 0.91834, "mAP50_95": 0.6065, "n_images": 250}))
+    summary = {row[0]: row[1] for row in Page(write_report(run).read_text()).table_with("value")[1:]}
+    assert (summary["test mAP50"], summary["test mAP50_95"], summary["test n_images"]) == ("0.9183", "0.6065", "250")
+
+
 def test_summary_best_map_by_hand(report):
     summary = {row[0]: row[1] for row in report[1].table_with("value")[1:]}
     # best mAP50 is epoch 1's 0.35 (VAL_MAP50), with that epoch's mAP50_95 0.12

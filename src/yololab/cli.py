@@ -232,6 +232,7 @@ def demo(
     Example: yololab demo
     """
     from yololab.data import make_digits
+    from yololab.diagnostics.report import TEST_METRICS, write_report
     from yololab.engine.train import train as run_training
 
     start = time.perf_counter()
@@ -244,7 +245,9 @@ def demo(
     result = run_training(run_cfg, exist_ok=True, progress=progress)
     test = evaluate_run(result.best_checkpoint or result.last_checkpoint, yaml_path, "test", run_cfg.data.batch,
                         None)
-    (result.run_dir / "test_metrics.json").write_text(json.dumps(test, indent=2))
+    (result.run_dir / TEST_METRICS).write_text(json.dumps(test, indent=2))
+    if run_cfg.diagnostics.report:
+        write_report(result.run_dir)  # again, now with the test figures in its summary
     minutes = (time.perf_counter() - start) / 60
     console.print(_summary_table("yololab demo", [
         ("test mAP@0.5", f"{test['mAP50']:.4f}"),

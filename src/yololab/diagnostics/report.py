@@ -21,6 +21,8 @@ from yololab.diagnostics.runfiles import ROW_KEYS, read_histograms, read_jsonl
 from yololab.errors import FileProblem
 
 REPORT_NAME = "report.html"
+TEST_METRICS = "test_metrics.json"
+TEST_KEYS = ("mAP50", "mAP50_95", "n_images")  # what the summary shows of test_metrics.json
 BEST_METRIC = "mAP50"  # the metric best.ckpt is chosen on (engine/train.py BEST_METRIC "val/mAP50")
 DIGITS = 4  # decimals shown for losses, IoUs, mAPs
 SMALL = 10.0 ** -(DIGITS - 1)  # below this, significant digits instead of decimals
@@ -61,6 +63,7 @@ class Run:
     anchor_fit: dict | None = None
     findings: list[dict] | None = None
     histograms: list[dict] = field(default_factory=list)
+    test: dict | None = None  # test_metrics.json (``yololab demo`` writes it after training)
     label: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -94,7 +97,7 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(path=run_dir, name=str(config.get("name") or run_dir.name), config=config,
                config_text=config_text, rows=read_rows(run_dir / "metrics.jsonl"),
                anchor_fit=_read_json(run_dir / "anchor_fit.json", dict), findings=findings,
-               histograms=histograms)
+               histograms=histograms, test=_read_json(run_dir / TEST_METRICS, dict))
 
 
 def read_rows(path: Path, required: tuple[str, ...] = ROW_KEYS) -> list[dict]:
@@ -202,6 +205,8 @@ def _summary(run: Run) -> str:
         ("best val mAP50", best and best.get("mAP50")), ("best val mAP50_95", best and best.get("mAP50_95")),
         ("best epoch", best and best["epoch"]),
     ]
+    if run.test is not None:
+        items += [(f"test {key}", run.test.get(key)) for key in TEST_KEYS]
     return _table(["", "value"], [list(item) for item in items])
 
 
