@@ -368,6 +368,7 @@ def test_anchor_advice_depends_on_what_kmeans_reaches():
     assert [(f.rule, f.severity, f.changes) for f in better] == [
         ("anchors_low_recall", "warning", {"model.cfg": "NEW.cfg"}),
         ("anchors_spread", "warning", {"model.cfg": "NEW.cfg"})]
+    assert better[0].message.endswith("best possible recall by size ratio 1, at shape IoU 0.5 0.7.")
     same = diagnose(healthy_rows(), {**fit, "kmeans": {"mean_best_iou": 0.745, "bpr_iou50": 0.7}})
     assert [(f.rule, f.severity, f.changes) for f in same] == [
         ("anchors_low_recall", "warning", {}), ("anchors_spread", "info", {})]

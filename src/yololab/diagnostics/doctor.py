@@ -34,6 +34,7 @@ SCALE_KEY = re.compile(r"/s(?P<scale>\d+)$")
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
 BEST_METRIC = "mAP50"  # the val metric best.ckpt is chosen on
+BPR_NAMES = {"bpr_ratio": "by size ratio", "bpr_iou50": "at shape IoU 0.5"}  # anchor_fit keys, as said
 
 
 class DoctorInputError(FileProblem):
@@ -467,16 +468,17 @@ def rule_anchor_fit(ctx: Context) -> list[Finding]:
     refit_helps = refit_gain >= c.refit_gain
     kmeans_numbers = {f"kmeans_{k}": v for k, v in kmeans.items()}
     bpr = {k: fit[k] for k in ("bpr_ratio", "bpr_iou50") if fit.get(k) is not None}
+    bpr_text = ", ".join(f"{BPR_NAMES[k]} {v:.3g}" for k, v in bpr.items())
     if bpr.get("bpr_ratio", 1.0) < c.min_bpr_ratio or bpr.get("bpr_iou50", 1.0) < c.min_bpr_iou50:
         if refit_helps:
             out.append(Finding(
                 "anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers},
-                message=f"The anchors do not fit the boxes: best possible recall {bpr}.",
+                message=f"The anchors do not fit the boxes: best possible recall {bpr_text}.",
                 suggestion=anchors_advice, changes=anchors_change))
         else:
             out.append(Finding(
                 "anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers},
-                message=f"Best possible recall is low ({bpr}) although the anchors fit as well as k-means "
+                message=f"Best possible recall is low ({bpr_text}) although the anchors fit as well as k-means "
                         f"anchors do: the boxes vary more than {len(fit.get('anchors') or []) or 'these'} "
                         f"anchors can cover.",
                 suggestion="Use more anchors per scale (the [yolo] sections' mask/num) or another scale; or "
