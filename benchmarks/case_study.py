@@ -27,8 +27,8 @@ from yololab.commands.anchors import anchors_command
 from yololab.config import build_config
 from yololab.data import make_sparse
 from yololab.diagnostics import plots
-from yololab.diagnostics.doctor import diagnose_run, false_positives_per_truth
-from yololab.diagnostics.report import compare_runs, load_run, load_runs, write_report
+from yololab.diagnostics.doctor import DoctorConfig, diagnose_run, false_positives_per_truth
+from yololab.diagnostics.report import compare_runs, load_run, write_report
 from yololab.engine.train import train
 from yololab.model import Darknet
 
@@ -37,7 +37,6 @@ SPLITS = {"train": 1500, "val": 250, "test": 250}
 BASE_CFG = "yolov3-tiny-3l-small"
 LR = 3e-3
 SUMMARY_STATS = ("iou", "iou_prior", "obj_pos", "obj_neg")  # last val epoch, per scale, in summary.json
-FP_CONF = 0.5  # summary.json's fp_per_truth: predictions away from objects above this per true object
 # name -> (dataset, preset, extra overrides)
 RUNS = {
     "keras-obj5": ("sparse", "keras-yolo3", ["loss.obj_weight=25"]),
@@ -107,29 +106,30 @@ def summarise(out: Path, names: list[str], data: dict[str, Path], model_cfg: Pat
     """Refresh each run's anchor fit, findings and report with the current code, then write summary.json,
     compare.html and the excerpt PNGs of docs/case-study-sparse.md."""
     model = Darknet.from_cfg(model_cfg)
-    summary, run_dirs = [], [out / "runs" / name for name in names]
+    summary, runs, run_dirs = [], [], [out / "runs" / name for name in names]
+    fp_conf = DoctorConfig().fp_conf  # the confidence the doctor counts false positives at
     for name, run_dir in zip(names, run_dirs, strict=True):
         fit = anchor_fit_report(data[RUNS[name][0]] / "data.yaml", model.anchors, model.strides, IMGSZ)
         (run_dir / "anchor_fit.json").write_text(json.dumps(fit, indent=2))
         findings = diagnose_run(run_dir)
         write_report(run_dir)
         run = load_run(run_dir)
+        runs.append(run)
         val = [row for row in run.rows if row["split"] == "val"][-1]
         scales = sorted({k.split("/")[-1] for k in val if k.startswith("stat/iou/")})
         summary.append({
             "run": name, "mAP50": val["mAP50"], "mAP50_95": val["mAP50_95"],
             **{f"{stat}/{s}": val.get(f"stat/{stat}/{s}") for stat in SUMMARY_STATS for s in scales},
-            **{f"fp_per_truth/{s}": false_positives_per_truth(run.histograms, int(s[1:]), FP_CONF).get(val["epoch"])
+            **{f"fp_per_truth/{s}": false_positives_per_truth(run.histograms, int(s[1:]), fp_conf).get(val["epoch"])
                for s in scales},
             "findings": [f"{f.severity} {f.rule}" + (f" s{f.scale}" if f.scale is not None else "")
                          for f in findings]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     compare_runs(run_dirs, out / "compare.html")
-    curves = [(run.label, run.rows) for run in load_runs(run_dirs)]
+    curves = [(run.label, run.rows) for run in runs]
     plots.stats_grid(curves).savefig(out / "stats.png", dpi=plots.DPI)
     plots.grad_share_grid(curves, model.strides).savefig(out / "grad_shares.png", dpi=plots.DPI)
-    plots.histogram_grid([(run.label, run.histograms) for run in load_runs(run_dirs)]).savefig(
-        out / "histograms.png", dpi=plots.DPI)
+    plots.histogram_grid([(run.label, run.histograms) for run in runs]).savefig(out / "histograms.png", dpi=plots.DPI)
 
     print(f"\n{IMGSZ} px, batch 16, AdamW lr {LR:g}; last epoch on the {SPLITS['val']} validation images")
     print(f"{'run':<20}{'mAP50':>7}{'mAP50_95':>9}   findings")

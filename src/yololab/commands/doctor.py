@@ -12,14 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from yololab.config import ConfigError, parse_overrides
-from yololab.diagnostics.doctor import (
-    FINDINGS_FILE,
-    DoctorInputError,
-    Finding,
-    diagnose_run,
-    read_run,
-    run_doctor_config,
-)
+from yololab.diagnostics.doctor import FINDINGS_FILE, DoctorInputError, Finding, diagnose_run
 
 console = Console()
 
@@ -44,8 +37,7 @@ def doctor_command(
     Example: yololab doctor runs/train --set unfound_iou=0.05
     """
     try:
-        cfg = run_doctor_config(read_run(run).config, parse_overrides(overrides or []), run / "config.yaml")
-        findings = diagnose_run(run, cfg)
+        findings = diagnose_run(run, overrides=parse_overrides(overrides or []))
     except (DoctorInputError, ConfigError, OSError) as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(EXIT_ERROR) from None

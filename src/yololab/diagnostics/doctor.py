@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from yololab.diagnostics.runfiles import ROW_KEYS, read_histograms, read_jsonl
+from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl
 from yololab.errors import FileProblem
 
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
@@ -33,7 +33,6 @@ TERM_KEY = re.compile(r"^loss/(?P<term>[a-z]+)/s(?P<scale>\d+)$")
 SCALE_KEY = re.compile(r"/s(?P<scale>\d+)$")
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
-BEST_METRIC = "mAP50"  # the val metric best.ckpt is chosen on
 BPR_NAMES = {"bpr_ratio": "by size ratio", "bpr_iou50": "at shape IoU 0.5"}  # anchor_fit keys, as said
 
 
@@ -471,30 +470,30 @@ def rule_anchor_fit(ctx: Context) -> list[Finding]:
     bpr_text = ", ".join(f"{BPR_NAMES[k]} {v:.3g}" for k, v in bpr.items())
     if bpr.get("bpr_ratio", 1.0) < c.min_bpr_ratio or bpr.get("bpr_iou50", 1.0) < c.min_bpr_iou50:
         if refit_helps:
-            out.append(Finding(
-                "anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers},
-                message=f"The anchors do not fit the boxes: best possible recall {bpr_text}.",
-                suggestion=anchors_advice, changes=anchors_change))
+            message = f"The anchors do not fit the boxes: best possible recall {bpr_text}."
+            suggestion, changes = anchors_advice, anchors_change
         else:
-            out.append(Finding(
-                "anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers},
-                message=f"Best possible recall is low ({bpr_text}) although the anchors fit as well as k-means "
-                        f"anchors do: the boxes vary more than {len(fit.get('anchors') or []) or 'these'} "
-                        f"anchors can cover.",
-                suggestion="Use more anchors per scale (the [yolo] sections' mask/num) or another scale; or "
-                           "accept it when the missed shapes are rare."))
+            message = (f"Best possible recall is low ({bpr_text}) although the anchors fit as well as k-means "
+                       f"anchors do: the boxes vary more than {len(fit.get('anchors') or []) or 'these'} "
+                       f"anchors can cover.")
+            suggestion = ("Use more anchors per scale (the [yolo] sections' mask/num) or another scale; or "
+                          "accept it when the missed shapes are rare.")
+            changes = {}
+        out.append(Finding("anchors_low_recall", "warning", numbers={**bpr, **kmeans_numbers}, message=message,
+                           suggestion=suggestion, changes=changes))
     for s, spread in enumerate(fit.get("spread_per_scale") or []):
         if spread["area_ratio"] > c.max_area_ratio or spread["aspect_ratio"] > c.max_aspect_ratio:
             message = (f"The anchors of scale {s} are far apart (area ratio {spread['area_ratio']:.3g}, aspect "
                        f"ratio {spread['aspect_ratio']:.3g}): one scale serves very different shapes")
             if refit_helps:
-                out.append(Finding("anchors_spread", "warning", scale=s, numbers=dict(spread),
-                                   message=message + ".", suggestion=anchors_advice, changes=anchors_change))
+                finding = Finding("anchors_spread", "warning", scale=s, numbers=dict(spread), message=message + ".",
+                                  suggestion=anchors_advice, changes=anchors_change)
             else:
-                out.append(Finding(
+                finding = Finding(
                     "anchors_spread", "info", scale=s, numbers={**spread, **kmeans_numbers},
                     message=message + ", as the k-means anchors of this data do: the spread is the data's.",
-                    suggestion="Nothing to change unless this scale's IoU lags (see lagging_scale_iou)."))
+                    suggestion="Nothing to change unless this scale's IoU lags (see lagging_scale_iou).")
+            out.append(finding)
     shares = fit.get("share_per_scale")
     source = "anchor_fit"
     if shares is None:
@@ -659,13 +658,14 @@ def _thresholds(values: dict, where: str) -> DoctorConfig:
         raise DoctorInputError(where, None, f"doctor thresholds: {problems}") from None
 
 
-def diagnose_run(run_dir: str | Path, cfg: DoctorConfig | None = None) -> list[Finding]:
+def diagnose_run(run_dir: str | Path, cfg: DoctorConfig | None = None, overrides: dict | None = None) -> list[Finding]:
     """``diagnose`` a run folder and write its findings to ``<run_dir>/findings.json``.
 
-    ``cfg``: the thresholds; None takes the ``doctor`` section of the run's config.yaml (defaults if absent).
+    ``cfg``: the thresholds; None takes the ``doctor`` section of the run's config.yaml (defaults if absent)
+    with ``overrides`` (field -> value, e.g. from ``yololab doctor --set``) on top.
     """
     run = read_run(run_dir)
-    cfg = cfg or run_doctor_config(run.config, source=Path(run_dir) / "config.yaml")
+    cfg = cfg or run_doctor_config(run.config, overrides, source=Path(run_dir) / "config.yaml")
     findings = diagnose(run.rows, run.anchor_fit, cfg, run.config.get("loss") or {}, run.histograms)
     path = Path(run_dir) / FINDINGS_FILE
     path.write_text(json.dumps([_finite(f.to_dict()) for f in findings], indent=2) + "\n")

@@ -17,13 +17,12 @@ from pathlib import Path
 import yaml
 
 from yololab.diagnostics import plots
-from yololab.diagnostics.runfiles import ROW_KEYS, read_histograms, read_jsonl
+from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl
 from yololab.errors import FileProblem
 
 REPORT_NAME = "report.html"
 TEST_METRICS = "test_metrics.json"
 TEST_KEYS = ("mAP50", "mAP50_95", "n_images")  # what the summary shows of test_metrics.json
-BEST_METRIC = "mAP50"  # the metric best.ckpt is chosen on (engine/train.py BEST_METRIC "val/mAP50")
 DIGITS = 4  # decimals shown for losses, IoUs, mAPs
 SMALL = 10.0 ** -(DIGITS - 1)  # below this, significant digits instead of decimals
 # Severity -> background colour of its findings-table row; unknown severities get NEUTRAL.

@@ -8,6 +8,7 @@ from pathlib import Path
 from yololab.errors import FileProblem
 
 ROW_KEYS = ("epoch", "split")  # what every metrics.jsonl row has
+BEST_METRIC = "mAP50"  # the val metric best.ckpt is chosen on (engine/train.py BEST_METRIC "val/mAP50")
 HISTOGRAMS_FILE = "histograms.jsonl"
 HISTOGRAM_KEYS = ("epoch", "edges", "histograms")  # what every histograms.jsonl row has
 
