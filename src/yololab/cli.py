@@ -345,18 +345,25 @@ data_app.command("preview")(preview_command)
 data_app.command("convert")(convert_command)
 
 
+# The project's input errors by the module defining them. An error of a module never imported cannot have been
+# raised, so main() names only those of loaded modules: naming WeightsError must not import torch.
+USER_ERRORS = {"yololab.config": "ConfigError", "yololab.data.errors": "DataError", "yololab.model.cfg": "CfgError",
+               "yololab.model.weights": "WeightsError", "yololab.evaluate.coco": "EvaluationInputError"}
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The classes of USER_ERRORS whose modules are loaded, and the missing- and existing-file errors."""
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items()
+                   if module in sys.modules)
+    return (*loaded, FileNotFoundError, FileExistsError)
+
+
 def main() -> None:
     """Console entry point: the project's input errors print as one clear line (file, line, problem) and exit
     with status 2; set YOLOLAB_DEBUG=1 for the traceback."""
-    from yololab.data import DataError
-    from yololab.evaluate import EvaluationInputError
-    from yololab.model import CfgError, WeightsError
-
-    user_errors = (ConfigError, DataError, CfgError, WeightsError, EvaluationInputError, FileNotFoundError,
-                   FileExistsError)
     try:
         app()
-    except user_errors as err:
+    except _user_errors() as err:
         if os.environ.get("YOLOLAB_DEBUG"):
             raise
         console.print(f"[bold red]error:[/] {err}", highlight=False)

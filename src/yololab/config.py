@@ -11,8 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from yololab.data.augment import AugmentConfig
-from yololab.diagnostics.callbacks import DiagnosticsConfig
+from yololab.data.augment_config import AugmentConfig
+from yololab.diagnostics.config import DiagnosticsConfig
 from yololab.diagnostics.doctor import DoctorConfig
 from yololab.loss.config import LossConfig
 from yololab.loss.presets import preset

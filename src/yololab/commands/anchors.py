@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from yololab.anchors import (
-    DEFAULT_ANCHOR_T,
-    AnchorError,
-    anchor_fit,
-    collect_box_sizes,
-    group_per_scale,
-    kmeans_anchors,
-    plot_anchor_fit,
-)
-from yololab.data.errors import DataError
-from yololab.model import CfgError, Darknet, parse_cfg, write_cfg
-from yololab.model.build import resolve_cfg
-from yololab.model.darknet import set_anchors
+from yololab.loss.config import LossConfig
+
+if TYPE_CHECKING:
+    import torch
 
 console = Console()
 
 DEFAULT_SCALES = 3  # YOLOv3's three heads, used when no --cfg says how many there are
+# The ratio rule's size limit: the loss's own default (ultralytics anchor_t).
+DEFAULT_ANCHOR_T = LossConfig.model_fields["anchor_t"].default
 # Proposed anchors are rounded to 0.1 px: readable in a cfg, and far below what moves an IoU.
 ANCHOR_DECIMALS = 1
 MIN_ANCHOR = 10.0 ** -ANCHOR_DECIMALS  # rounding must not give a zero-sized anchor
@@ -56,6 +48,19 @@ def anchors_command(
 
     Example: yololab anchors data/digits/data.yaml --img-size 256 --cfg yolov3-tiny-3l-small --plot a.png
     """
+    from yololab.anchors import (
+        AnchorError,
+        anchor_fit,
+        collect_box_sizes,
+        group_per_scale,
+        kmeans_anchors,
+        plot_anchor_fit,
+    )
+    from yololab.data.errors import DataError
+    from yololab.model import CfgError, Darknet, parse_cfg, write_cfg
+    from yololab.model.build import resolve_cfg
+    from yololab.model.darknet import set_anchors
+
     if write_cfg_path is not None and cfg is None:
         _fail("--write-cfg needs --cfg: the cfg to copy with the proposed anchors")
     try:

@@ -7,20 +7,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-import torch
 import typer
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from yololab.boxes import box_cxcywh_to_xyxy
-from yololab.data.augment import AugmentConfig, Sample, build_transform
-from yololab.data.dataset import Transform, YoloDataset
+from yololab.data.augment_config import AugmentConfig
 from yololab.data.errors import DataError
-from yololab.data.letterbox import boxes_to_letterbox, letterbox
+
+if TYPE_CHECKING:
+    from yololab.data.augment import Sample
+    from yololab.data.dataset import Transform, YoloDataset
 
 DEFAULT_TILE = 256  # pixels per grid cell; each augmented sample is letterboxed into it
 GRID_BACKGROUND = (0, 0, 0)  # shown only in empty cells of the last row
@@ -60,6 +60,8 @@ def preview_grid(
     grid of ``cols`` columns and ``ceil(n / cols)`` rows; boxes are outlined in a colour per class and
     labelled with the class name (``names``) or id.
     """
+    from yololab.data.dataset import YoloDataset
+
     if n < 1 or cols < 1 or tile < 1:
         raise ValueError(f"n, cols and tile must be positive, got n={n}, cols={cols}, tile={tile}")
     count = len(source)
@@ -84,6 +86,11 @@ def preview_grid(
 def _draw_tile(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, tile: int,
                names: Sequence[str] | None) -> Image.Image:
     """One sample letterboxed into ``tile x tile`` with its boxes drawn -> PIL RGB image."""
+    import torch
+
+    from yololab.boxes import box_cxcywh_to_xyxy
+    from yololab.data.letterbox import boxes_to_letterbox, letterbox
+
     boxed, info = letterbox(image, (tile, tile))
     xyxy = box_cxcywh_to_xyxy(torch.from_numpy(boxes_to_letterbox(boxes, info, (tile, tile)))) * tile
     canvas = Image.fromarray(boxed.squeeze(-1) if boxed.shape[-1] == 1 else boxed).convert("RGB")
@@ -130,6 +137,8 @@ def preview_command(
 
     Example: yololab data preview data/digits/data.yaml --split train -n 16 --set mosaic=1.0 --out preview.png
     """
+    from yololab.data.augment import build_transform
+    from yololab.data.dataset import YoloDataset
     from yololab.data.yolo_format import load_data_yaml
 
     try:

@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from yololab.diagnostics.report import ReportError, compare_runs, final_metrics, load_runs, write_report
-
 console = Console()
 
 EXIT_ERROR = 2  # the exit status of every yololab command on bad input
@@ -27,6 +25,8 @@ def report_command(
 
     Example: yololab report runs/train --out report.html
     """
+    from yololab.diagnostics.report import ReportError, write_report
+
     start = time.perf_counter()
     try:
         path = write_report(run, out)
@@ -43,6 +43,8 @@ def compare_command(
 
     Example: yololab compare runs/presets/yololab runs/presets/darknet --out compare.html
     """
+    from yololab.diagnostics.report import ReportError, compare_runs, final_metrics, load_runs
+
     try:
         path = compare_runs(runs, out)
         rows = [final_metrics(r) for r in load_runs(runs)]

@@ -7,8 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
 from PIL import Image
 
 from yololab.data.errors import DataError
@@ -120,6 +118,8 @@ def plot_stats(stats: dict, out_dir: str | Path) -> list[Path]:
     of magnitude on sparse detector images), ``nonzero_fraction.png`` (images per fraction of non-zero
     pixels).
     """
+    from matplotlib.figure import Figure
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{Path(stats['data']).parent.name} [{', '.join(stats['splits'])}]"
@@ -149,6 +149,8 @@ def _plot_per_class(axes, stats: dict) -> None:
 
 
 def _plot_box_wh(axes, stats: dict) -> None:
+    from matplotlib.colors import LogNorm
+
     width, height = (np.asarray(stats["per_box"][k], dtype=np.float64) for k in ("width_px", "height_px"))
     axes.set(xlabel="box width (px)", ylabel="box height (px)", title="box sizes")
     if len(width) == 0:

@@ -21,10 +21,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
+from yololab.diagnostics.config import DiagnosticsConfig
 from yololab.diagnostics.doctor import DoctorConfig
 from yololab.diagnostics.doctor_callback import DoctorCallback
 from yololab.diagnostics.report import write_report
@@ -35,20 +35,6 @@ HIST_KINDS = ("obj_pos", "obj_neg", "iou")
 HIST_RANGE = (0.0, 1.0)  # objectness probabilities and IoUs both live in [0, 1]
 # Moments kept per histogram key, beside the counts: what TensorBoard's HistogramProto asks for.
 SUM, SUM_SQUARES, MIN, MAX = range(4)
-
-
-class DiagnosticsConfig(BaseModel):
-    """``diagnostics:`` section of a run config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    histograms: bool = Field(True, description="Objectness / IoU histograms over the full validation set.")
-    hist_bins: int = Field(20, gt=0, description="Equal-width bins over [0, 1] for those histograms.")
-    grad_share_every: int = Field(
-        50, ge=0, description="Gradient share on a fixed batch every N optimiser steps (0 = off)."
-    )
-    doctor: bool = Field(True, description="Run the doctor at every epoch end (findings.json).")
-    report: bool = Field(True, description="Rewrite report.html at every epoch end (about 2-3 s each).")
 
 
 def diagnostics_callbacks(cfg: DiagnosticsConfig, run_dir: str | Path,

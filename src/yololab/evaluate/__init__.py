@@ -1,6 +1,8 @@
-"""Evaluation: class-aware NMS (pure torch) and COCO mAP (pycocotools)."""
+"""Evaluation: class-aware NMS (pure torch) and COCO mAP (pycocotools). Names are imported on first use."""
 
-from yololab.evaluate.coco import EvaluationInputError, coco_map
-from yololab.evaluate.nms import NmsInputError, nms
+from yololab.lazy import lazy_exports
 
-__all__ = ["EvaluationInputError", "NmsInputError", "coco_map", "nms"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "coco": ["EvaluationInputError", "coco_map"],
+    "nms": ["NmsInputError", "nms"],
+})

@@ -1,11 +1,11 @@
-"""The YOLOv3 loss: assignment, terms, criterion and presets."""
+"""The YOLOv3 loss: assignment, terms, criterion and presets. Names are imported on first use, so the
+config and the presets load without torch."""
 
-from yololab.loss.assign import Assignment, assign_targets
-from yololab.loss.config import LossConfig
-from yololab.loss.criterion import STATS, TERMS, LossBreakdown, YoloLoss, aggregate
-from yololab.loss.presets import PRESETS, preset
+from yololab.lazy import lazy_exports
 
-__all__ = [
-    "PRESETS", "STATS", "TERMS", "Assignment", "LossBreakdown", "LossConfig", "YoloLoss", "aggregate",
-    "assign_targets", "preset",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "assign": ["Assignment", "assign_targets"],
+    "config": ["LossConfig"],
+    "criterion": ["STATS", "TERMS", "LossBreakdown", "YoloLoss", "aggregate"],
+    "presets": ["PRESETS", "preset"],
+})

@@ -1,10 +1,10 @@
-"""Darknet cfg parsing and writing, the network built from a cfg, and darknet ``.weights`` io."""
+"""Darknet cfg parsing and writing, the network built from a cfg, and darknet ``.weights`` io. Names are
+imported on first use, so cfg parsing loads without torch."""
 
-from yololab.model.cfg import CfgError, CfgWarning, packaged_cfg, packaged_cfgs, parse_cfg, write_cfg
-from yololab.model.darknet import Darknet
-from yololab.model.weights import WeightsError, WeightsReport, load_darknet_weights, save_darknet_weights
+from yololab.lazy import lazy_exports
 
-__all__ = [
-    "CfgError", "CfgWarning", "Darknet", "WeightsError", "WeightsReport", "load_darknet_weights",
-    "packaged_cfg", "packaged_cfgs", "parse_cfg", "save_darknet_weights", "write_cfg",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "cfg": ["CfgError", "CfgWarning", "packaged_cfg", "packaged_cfgs", "parse_cfg", "write_cfg"],
+    "darknet": ["Darknet"],
+    "weights": ["WeightsError", "WeightsReport", "load_darknet_weights", "save_darknet_weights"],
+})
