@@ -70,6 +70,9 @@ class TrainConfig(_Strict):
     iou_thres: float = Field(0.6, description="NMS IoU threshold.")
     max_det: int = Field(100, description="Detections kept per image (COCO's maxDets).")
     val_every: int = Field(1, gt=0, description="Validate every N epochs.")
+    threads: int | None = Field(None, gt=0, description="CPU threads of torch's operators in the training "
+                                "process (torch.set_num_threads); None keeps torch's default (one per physical core). "
+                                "DataLoader workers use one each.")
 
 
 class RunConfig(_Strict):

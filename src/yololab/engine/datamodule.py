@@ -123,6 +123,8 @@ class YoloDataModule(L.LightningDataModule):
 
     def transfer_batch_to_device(self, batch: tuple, device: torch.device, dataloader_idx: int) -> tuple:
         """Move images and targets; the per-image metadata (frozen dataclasses) stays on the host."""
+        if isinstance(batch, torch.Tensor):  # the model summary's example input: images only
+            return batch.to(device)
         images, targets, metas = batch
         return images.to(device, non_blocking=True), targets.to(device, non_blocking=True), metas
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
@@ -23,6 +24,8 @@ from yololab.engine.checkpoint import AtomicCheckpointIO
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.metrics_log import MetricsJsonl, read_metrics
 from yololab.engine.module import YoloModule
+from yololab.engine.progress import PlainProgress
+from yololab.engine.quiet import quiet_lightning
 from yololab.model import load_darknet_weights, parse_cfg
 from yololab.model.build import read_cfg_text
 
@@ -53,7 +56,7 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
     if progress == "rich":
         callbacks.append(RichProgressBar())
     elif progress == "plain":
-        callbacks.append(TQDMProgressBar())
+        callbacks.append(PlainProgress())
     if cfg.train.ema:
         callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     return callbacks
@@ -120,11 +123,16 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     if cfg.data.data is None:
         raise ConfigError("no dataset: set data.data (the path of a data.yaml), e.g. --data my/data.yaml")
 
+    quiet_lightning()
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec = load_data_yaml(cfg.data.data)  # read once: the data module takes it as it is
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
     module = make_module(cfg, spec.names)
+    # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
+    module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(spec, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
