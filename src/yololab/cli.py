@@ -14,12 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from yololab.commands.anchors import anchors_command
+from yololab.commands.config_reference import config_command
 from yololab.commands.convert import convert_command
 from yololab.commands.data_tools import check_command, make_sparse_command, split_command, stats_command
 from yololab.commands.doctor import doctor_command
 from yololab.commands.preview import preview_command
 from yololab.commands.report import compare_command, report_command
-from yololab.config import ConfigError, RunConfig, build_config, load_config
+from yololab.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, load_config
 
 app = typer.Typer(
     help="Train YOLOv3-family detectors and see what every part of the loss is doing.",
@@ -104,23 +105,39 @@ def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
+def _default(section: type[RunConfig | DataConfig | ModelConfig | TrainConfig], field: str) -> str:
+    """A config field's default as --help shows it (the flags default to None: "not given, keep the config's")."""
+    return str(section.model_fields[field].default)
+
+
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset data.yaml.")] = None,
-    cfg: Annotated[str | None, typer.Option("--cfg", help="darknet cfg path or packaged cfg name.")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="Loss preset (yololab, darknet, ...).")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
-    imgsz: Annotated[int | None, typer.Option("--imgsz", help="Input size in pixels.")] = None,
-    batch: Annotated[int | None, typer.Option("--batch")] = None,
-    project: Annotated[str | None, typer.Option("--project", help="Folder of runs.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Run name: writes PROJECT/NAME/.")] = None,
+    cfg: Annotated[str | None, typer.Option("--cfg", help="darknet cfg path or packaged cfg name.",
+                                            show_default=_default(ModelConfig, "cfg"))] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Loss preset (yololab, darknet, ...).",
+                                               show_default=_default(RunConfig, "preset"))] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs to train.",
+                                               show_default=_default(TrainConfig, "epochs"))] = None,
+    imgsz: Annotated[int | None, typer.Option("--imgsz", help="Input size in pixels.",
+                                              show_default="the cfg's [net] width")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per batch.",
+                                              show_default=_default(DataConfig, "batch"))] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Folder of runs.",
+                                                show_default=_default(RunConfig, "project"))] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name: writes PROJECT/NAME/.",
+                                             show_default=_default(RunConfig, "name"))] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A config.yaml to start from.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (dotted).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (dotted); every key is "
+                                                   "listed by `yololab config --list`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue PROJECT/NAME from last.ckpt.")] = False,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace an existing run folder.")] = False,
-    progress: Annotated[str, typer.Option(help="Progress bar: rich, plain or none.")] = "rich",
+    progress: Annotated[str, typer.Option(help="Progress: rich (bars), plain (one line per epoch and per 50 "
+                                               "steps, for logs and pipes) or none.")] = "rich",
 ) -> None:
     """Train a model on a dataset, writing PROJECT/NAME/ (config, checkpoints, TensorBoard, metrics).
+
+    Every configuration field, its default and meaning: `yololab config --list` (or docs/config.md).
 
     Example: yololab train --data data/digits/data.yaml --cfg yolov3-tiny-3l-small --epochs 10 --imgsz 256
     --batch 16 --name digits --set optim.lr=0.002 --set loss.box_loss=ciou
@@ -338,6 +355,7 @@ def check_loss(
 
 
 app.command("anchors")(anchors_command)
+app.command("config")(config_command)
 app.command("doctor")(doctor_command)
 app.command("report")(report_command)
 app.command("compare")(compare_command)

@@ -27,6 +27,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
+    """The dataset and how it is read."""
+
     data: str | None = Field(None, description="Path of the dataset's data.yaml (ultralytics convention).")
     imgsz: int | None = Field(
         None, gt=0, description="Square network input size in pixels (multiple of the max stride); None = the "
@@ -43,12 +45,17 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The network."""
+
     cfg: str = Field("yolov3-tiny-3l-small", description="darknet cfg: a path, or the name of a packaged cfg.")
     weights: str | None = Field(None, description="Optional darknet .weights to start from.")
 
 
 class OptimConfig(_Strict):
-    optimizer: Literal["sgd", "adamw"] = "adamw"
+    """Optimiser and learning-rate schedule (linear warm-up, then cosine)."""
+
+    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="Optimiser: SGD with Nesterov momentum or "
+                                               "AdamW.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate, reached at the end of warm-up.")
     momentum: float = Field(0.937, description="SGD momentum / AdamW beta1 (ultralytics' 0.937).")
     weight_decay: float = Field(5e-4, ge=0, description="Applied to conv weights only, not biases or BN.")
@@ -58,10 +65,12 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, gt=0)
-    seed: int = 0
+    """The training loop (Lightning Trainer) and the evaluation it runs."""
+
+    epochs: int = Field(30, gt=0, description="Epochs to train (`yololab train --epochs`).")
+    seed: int = Field(0, description="Seed of weights, data order and augmentation: same seed, same run.")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights for evaluation.")
-    ema_decay: float = Field(0.999, gt=0, lt=1)
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="Decay of that average per optimiser step.")
     precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu.")
     devices: int | str = Field(1, description="Devices (processes) per node; >1 uses DDP.")
@@ -76,15 +85,19 @@ class TrainConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    project: str = "runs"
-    name: str = "train"
+    """A whole run; written beside it as config.yaml."""
+
+    project: str = Field("runs", description="Folder of runs (`--project`).")
+    name: str = Field("train", description="Run name: the run is written to PROJECT/NAME/ (`--name`).")
     preset: str = Field("yololab", description="Loss preset the loss section was resolved from.")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
-    loss: LossConfig = Field(default_factory=lambda: preset("yololab"))
-    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    loss: LossConfig = Field(default_factory=lambda: preset("yololab"), description="The loss, resolved from "
+                             "the preset with any loss.* overrides on top.")
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="What is measured "
+                                           "beside training (histograms, gradient shares, doctor, report).")
     doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="Thresholds of the doctor's rules "
                                  "(switched on and off by diagnostics.doctor).")
 
