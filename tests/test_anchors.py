@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +316,25 @@ def test_cli_errors_exit_non_zero(digits, tmp_path):
     assert result.exit_code == 2 and "cannot be split evenly" in result.output
     result = runner.invoke(cli(), [str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "missing.yaml" in result.output
+
+
+def test_write_cfg_writes_short_numbers(tmp_path):
+    # Six boxes of six sizes at 416 px: the six k-means anchors are the boxes themselves, none a float32 number.
+    sizes = [(74.4, 51.1), (22.3, 33.7), (12.9, 18.2), (100.3, 120.6), (40.2, 60.7), (150.9, 90.3)]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (416, 416)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "labels" / "a.txt").write_text("".join(f"0 0.5 0.5 {w / 416} {h / 416}\n" for w, h in sizes))
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images", "names": ["x"]}))
+    out_cfg, report = tmp_path / "new.cfg", tmp_path / "fit.json"
+    result = CliRunner().invoke(cli(), [str(tmp_path / "data.yaml"), "--num", "6", "--img-size", "416", "--cfg",
+                                        "yolov3-tiny-small", "--write-cfg", str(out_cfg), "--json-out", str(report)])
+    assert result.exit_code == 0, result.output
+    line = next(t for t in out_cfg.read_text().splitlines() if t.startswith("anchors="))
+    written = sorted(tuple(float(v) for v in pair.split(",")) for pair in
+                     re.findall(r"[\d.]+,[\d.]+", line.removeprefix("anchors=")))
+    by_area = sorted(sizes, key=lambda s: s[0] * s[1])
+    assert line.removeprefix("anchors=") == ",".join(f"{w:g},{h:g}" for w, h in by_area)
+    assert written == sorted(sizes)
+    proposed = json.loads(report.read_text())["proposed_anchors"]
+    assert sorted(tuple(p) for head in proposed for p in head) == sorted(sizes)

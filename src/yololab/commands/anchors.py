@@ -78,7 +78,7 @@ def anchors_command(
             fits["current"] = anchor_fit(wh, current, strides, anchor_t)
         if write_cfg_path is not None:
             sections = parse_cfg(resolve_cfg(cfg))
-            set_anchors(sections, proposed)
+            set_anchors(sections, _written(proposed))
             write_cfg(sections, write_cfg_path)
     except (AnchorError, DataError, CfgError, FileNotFoundError) as err:
         _fail(str(err))
@@ -89,9 +89,15 @@ def anchors_command(
         console.print(f"wrote {plot_anchor_fit(wh, current, proposed, plot)}")
     if json_out is not None:
         record = {"data": str(data), "img_size": img_size, "num": num, "seed": seed, "cfg": cfg,
-                  "proposed_anchors": [a.tolist() for a in proposed], **fits}
+                  "proposed_anchors": [a.tolist() for a in _written(proposed)], **fits}
         json_out.write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {json_out}")
+
+
+def _written(anchors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The anchors as written to a cfg or JSON: float64 rounded to ANCHOR_DECIMALS, so 74.4 reads 74.4 (the
+    float32 nearest to it is 74.4000015258789)."""
+    return [a.double().round(decimals=ANCHOR_DECIMALS) for a in anchors]
 
 
 def _fail(message: str) -> None:
