@@ -547,7 +547,7 @@ def test_cli_writes_voc(cli, yolo_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out/Annotations").iterdir()) == ["a.xml", "b.xml", "c.xml"]
     assert f"wrote 3 files in {tmp_path / 'out/Annotations'}" in result.output.replace("\n", "")
-    assert "yolo | coco | voc" in cli("--help").output
+    assert "yolo | coco | voc" in " ".join(cli("--help").output.replace("│", " ").split())
 
 
 def test_cli_forced_source_format_and_errors(cli, tmp_path):
@@ -558,3 +558,61 @@ def test_cli_forced_source_format_and_errors(cli, tmp_path):
     assert "list.dat:2" in result.output.replace("\n", "") and "1,2,3" in result.output
     assert cli(txt, tmp_path / "out2", "--to", "pascal").exit_code == EXIT_ERROR
     assert cli(tmp_path / "nothing", tmp_path / "out3").exit_code == EXIT_ERROR
+
+
+# --- VOC images beside the annotations, and splitting while converting --------------------------------
+
+
+def labelimg_dir(tmp_path: Path, n: int = 10) -> Path:
+    """labelImg's layout: photos/<i>.png and annotations/<i>.xml whose <folder> names the photos folder."""
+    root = tmp_path / "shots"
+    for i in range(n):
+        png(root / f"photos/{i}.png", SIZE_A)
+        xml = voc_xml(f"{i}.png", SIZE_A, [("cat" if i % 2 else "dog", 0, (11, 6, 30, 15))])
+        write(root / f"annotations/{i}.xml", xml.replace("<annotation>", "<annotation><folder>photos</folder>", 1))
+    return root
+
+
+def test_voc_images_in_the_sibling_folder_named_by_folder(tmp_path):
+    root = labelimg_dir(tmp_path, 2)
+    ann = read_voc(root / "annotations")
+    assert [r.path for r in ann.splits["train"]] == [root / "photos/0.png", root / "photos/1.png"]
+
+
+def test_voc_missing_image_fails_at_the_first_file_and_names_image_root(cli, tmp_path):
+    root = labelimg_dir(tmp_path, 2)
+    (root / "photos/0.png").unlink()
+    write(root / "annotations/1.xml", "<annotation><filename>")  # never read: the first file already fails
+    result = cli(root / "annotations", tmp_path / "out", "--to", "yolo")
+    text = " ".join(result.output.split())
+    assert result.exit_code == EXIT_ERROR
+    assert "0.xml" in text and "image '0.png' not found" in text and "--image-root" in text
+    assert str(root / "photos") in text  # the folders tried are named
+
+
+def test_convert_split_writes_each_image_to_its_split_folder(cli, tmp_path):
+    root = labelimg_dir(tmp_path, 10)
+    result = cli(root / "annotations", tmp_path / "out", "--to", "yolo", "--split", "0.6,0.2,0.2", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load((tmp_path / "out/data.yaml").read_text())
+    assert (spec["train"], spec["val"], spec["test"]) == ("images/train", "images/val", "images/test")
+    # The same images as `split_indices` picks for 10 images, in source order (0.xml .. 9.xml).
+    from yololab.data.splits import split_indices
+    expected = [sorted(f"{i}.png" for i in part) for part in split_indices(10, [0.6, 0.2, 0.2], 3)]
+    found = [sorted(p.name for p in (tmp_path / f"out/images/{key}").iterdir()) for key in ("train", "val", "test")]
+    assert found == expected and [len(f) for f in found] == [6, 2, 2]
+    for key in ("train", "val", "test"):  # every image has its label beside the split's labels
+        assert sorted(p.stem for p in (tmp_path / f"out/labels/{key}").iterdir()) == [
+            Path(n).stem for n in expected[("train", "val", "test").index(key)]]
+    assert cli(root / "annotations", tmp_path / "bad", "--split", "0.5").exit_code == EXIT_ERROR
+
+
+def test_resplit_keeps_skipped_counts_with_their_images(voc_dir):
+    from yololab.data.formats.convert import resplit
+
+    ann = resplit(read_voc(voc_dir), [0.5, 0.5], seed=0)
+    by_split = {key: [Path(r.path).name for r in records] for key, records in ann.splits.items()}
+    assert sorted(by_split) == ["train", "val"]
+    assert sorted(n for names in by_split.values() for n in names) == ["a.png", "b.png"]
+    # a.png holds the one difficult object.
+    assert ann.skipped == {key: ({"difficult": 1} if "a.png" in names else {}) for key, names in by_split.items()}

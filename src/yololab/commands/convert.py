@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.data_tools import parse_fractions
 from yololab.data.errors import DataError
 from yololab.data.formats import SOURCE_FORMATS, TARGET_FORMATS, convert
 from yololab.data.formats.records import SKIP_CROWD, SKIP_DIFFICULT
@@ -33,20 +34,30 @@ def convert_command(
         help="Class names file, one per line (one-line and VOC sources).")] = None,
     image_root: Annotated[Path | None, typer.Option(
         help="Folder the source's image paths are relative to (one-line, COCO, VOC).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Split the images anew: train,val[,test] fractions (as `data split`); each image is written to "
+             "its split's folder. Default: the source's own splits.")] = None,
+    seed: Annotated[int, typer.Option(help="With --split: random seed; same seed, same split.")] = 0,
+    stratify: Annotated[bool, typer.Option(help="With --split: keep the class mix in every split.")] = False,
 ) -> None:
     """Convert a dataset to YOLO txt + data.yaml, COCO JSON or Pascal VOC XML; images are hard-linked or copied.
 
     Boxes are kept exactly, going through pixel coordinates.
     COCO crowd annotations and VOC difficult objects are left out and counted in the summary.
 
-    VOC output is the devkit layout: Annotations/, JPEGImages/ and ImageSets/Main/<split>.txt.
+    VOC output is the devkit layout: Annotations/, JPEGImages/ and ImageSets/Main/<split>.txt. A VOC XML's
+    image is looked for beside it, in the folder beside it named by its <folder>, and in ../JPEGImages.
 
     Example: yololab data convert VOCdevkit/VOC2007 data/voc --to yolo
+
+    Example: yololab data convert photos/annotations data/photos --to yolo --split 0.7,0.15,0.15
     """
     if to not in TARGET_FORMATS or (from_ is not None and from_ not in SOURCE_FORMATS):
         _fail(f"--to must be one of {list(TARGET_FORMATS)} and --from one of {list(SOURCE_FORMATS)}")
     try:
-        ann, written = convert(src, dst, to=to, src_format=from_, names=names, image_root=image_root)
+        fractions = parse_fractions(split, "--split") if split is not None else None
+        ann, written = convert(src, dst, to=to, src_format=from_, names=names, image_root=image_root,
+                               split=fractions, seed=seed, stratify=stratify)
     except (DataError, FileExistsError, ValueError) as err:
         _fail(str(err))
     table = Table(title=f"{escape(str(src))} -> {escape(str(dst))} ({to})")

@@ -232,6 +232,17 @@ def _range(summary: dict, fmt: str = ".1f") -> str:
 
 
 # ------------------------------------------------------------------------------------------ split
+def parse_fractions(text: str, option: str) -> list[float]:
+    """``"0.8,0.1,0.1"`` -> ``[0.8, 0.1, 0.1]``: 2 or 3 numbers (train, val[, test]); ValueError naming ``option``."""
+    try:
+        parts = [float(f) for f in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} must be numbers separated by commas, got {text!r}") from None
+    if not 2 <= len(parts) <= len(SPLIT_KEYS):
+        raise ValueError(f"{option} needs 2 or 3 values (train, val[, test]), got {text!r}")
+    return parts
+
+
 def _images_and_labels(source: Path) -> tuple[list[Path], list[np.ndarray], list[str]]:
     """Images of ``source`` (every split of a data.yaml, once each, or a folder / .txt list), their class
     ids, and class names (a folder's are "0".."max class")."""
@@ -273,11 +284,9 @@ def split_command(
     --stratify
     """
     try:
-        parts = [float(f) for f in fractions.split(",")]
-    except ValueError:
-        _fail(f"--fractions must be numbers separated by commas, got {fractions!r}")
-    if not 2 <= len(parts) <= len(SPLIT_KEYS):
-        _fail(f"--fractions needs 2 or 3 values (train, val[, test]), got {fractions!r}")
+        parts = parse_fractions(fractions, "--fractions")
+    except ValueError as err:
+        _fail(str(err))
     written = [out / f"{key}.txt" for key in SPLIT_KEYS] + [out / "data.yaml"]
     if not overwrite and any(p.exists() for p in written):
         _fail(f"{out} already holds a split (data.yaml or lists); pass --overwrite to replace it")

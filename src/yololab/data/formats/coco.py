@@ -127,6 +127,8 @@ def parse_coco(text: str | bytes, file: str | Path, split: str = "train") -> Ann
             raise fail(f"iscrowd must be 0 or 1, got {crowd!r}")
         if crowd:
             n_crowd += 1
+            skipped = by_id[image_id].skipped
+            skipped[SKIP_CROWD] = skipped.get(SKIP_CROWD, 0) + 1
             continue
         boxes[image_id].append((_xywh(item.get("bbox"), fail), class_of[category_id], fail))
     for image_id, record in by_id.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from yololab.data.formats.records import Annotations
 from yololab.data.formats.voc import ANNOTATION_FOLDER as VOC_ANNOTATION_FOLDER
 from yololab.data.formats.voc import read_voc, write_voc
 from yololab.data.formats.yolo import read_yolo, write_yolo
+from yololab.data.splits import split_indices
+from yololab.data.stratify import stratified_split_indices
+from yololab.data.yolo_format import SPLIT_KEYS
 
 SOURCE_FORMATS = ("yolo", "one-line", "coco", "voc")
 TARGET_FORMATS = ("yolo", "coco", "voc")
@@ -62,18 +66,39 @@ def read_dataset(
     return read_voc(src, names, image_root)
 
 
+def resplit(ann: Annotations, fractions: Sequence[float], seed: int = 0, stratify: bool = False) -> Annotations:
+    """The images of every split of ``ann`` pooled (in source order, an image listed twice once) and split
+    anew into ``train``, ``val`` and ``test`` by ``fractions``, as ``yololab data split`` splits them (the same
+    fractions and seed pick the same images); each image's skipped objects are counted in its new split."""
+    records = list({Path(r.path): r for rs in ann.splits.values() for r in rs}.values())
+    indices = (stratified_split_indices([r.classes for r in records], fractions, seed) if stratify
+               else split_indices(len(records), fractions, seed))
+    out = Annotations(names=list(ann.names))
+    for key, part in zip(SPLIT_KEYS, indices, strict=False):
+        if len(part):
+            out.splits[key] = [records[i] for i in part]
+            out.skipped[key] = dict(sum((Counter(records[i].skipped) for i in part), Counter()))
+    return out
+
+
 def convert(
     src: str | Path, dst: str | Path, to: str = "yolo", src_format: str | None = None,
     names: str | Path | Sequence[str] | None = None, image_root: str | Path | None = None,
+    split: Sequence[float] | None = None, seed: int = 0, stratify: bool = False,
 ) -> tuple[Annotations, list[Path]]:
     """Convert the dataset at ``src`` into ``dst`` (absent or empty) in format ``to``.
 
-    Returns what was read and the files written: ``[data.yaml]`` for YOLO, one
+    ``split``: train, val[, test] fractions to split the images anew (:func:`resplit`), so that each image is
+    written to the folder of the split it ends in; by default the source's own splits are kept.
+
+    Returns what was written and the files written: ``[data.yaml]`` for YOLO, one
     ``instances_<split>.json`` per split for COCO, one ``Annotations/<stem>.xml`` per image for VOC.
     """
     if to not in TARGET_FORMATS:
         raise ValueError(f"unknown target format {to!r}; expected one of {list(TARGET_FORMATS)}")
     ann = read_dataset(src, src_format, names, image_root)
+    if split is not None:
+        ann = resplit(ann, split, seed, stratify)
     if to == "yolo":
         written = [write_yolo(ann, dst)]
     else:

@@ -35,6 +35,7 @@ class ImageRecord:
 
     ``boxes``: float64 ``[M, 4]`` ``x1, y1, x2, y2`` in pixels, ``0 <= x1 < x2 <= width`` (same for y).
     ``classes``: int64 ``[M]`` in ``0 .. C - 1``, indices into ``Annotations.names``.
+    ``skipped``: objects of this image the reader left out, by reason (they follow the image into a new split).
     """
 
     path: Path
@@ -42,6 +43,7 @@ class ImageRecord:
     height: int
     boxes: np.ndarray
     classes: np.ndarray
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -119,9 +121,14 @@ def check_image_side(value, what: str, fail: Callable[[str], DataError]) -> int:
     return int(value)
 
 
+# What a missing image's error suggests: every reader whose images may live elsewhere takes this option.
+IMAGE_ROOT_HINT = "give the folder that holds the images with --image-root"
+
+
 def find_image(name: str | Path, roots: list[Path], source: Path) -> tuple[Path, tuple[int, int]]:
     """The first ``root / name`` that exists, with its (height, width) read from the header; DataError naming
-    ``source`` (the annotation file) when it is found nowhere, and the image's own error when unreadable."""
+    ``source`` (the annotation file), the folders tried and ``--image-root`` when it is found nowhere, and the
+    image's own error when unreadable."""
     for root in roots:
         path = root / name
         if path.is_file():
@@ -129,7 +136,8 @@ def find_image(name: str | Path, roots: list[Path], source: Path) -> tuple[Path,
             if problem is not None:
                 raise problem
             return path, size
-    raise DataError(source, None, f"image {str(name)!r} not found under {[str(r) for r in roots]}")
+    raise DataError(source, None, f"image {str(name)!r} not found under {[str(r) for r in roots]}: "
+                                  f"{IMAGE_ROOT_HINT}")
 
 
 def split_key(name: str) -> str:

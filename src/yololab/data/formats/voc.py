@@ -1,6 +1,6 @@
 """Pascal VOC XML annotations as :class:`Annotations`, and back.
 
-One XML file per image: ``filename``, ``size/width``, ``size/height`` and per object ``name``,
+One XML file per image: ``filename``, ``folder`` (optional), ``size/width``, ``size/height`` and per object ``name``,
 ``difficult`` (optional, 0 or 1) and ``bndbox/xmin, ymin, xmax, ymax``. VOC's box values are 1-based
 pixel indices, both ends inclusive (a box over pixel columns 10..49, 0-based, is written
 ``xmin=11 xmax=50``), so the continuous pixel box is ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax,
@@ -54,6 +54,7 @@ class VocFile:
     """The content of one VOC XML file; ``boxes`` float64 ``[M, 4]`` continuous pixel xyxy."""
 
     filename: str
+    folder: str | None  # <folder>: the devkit's dataset name, or (labelImg) the image folder's name
     width: int
     height: int
     boxes: np.ndarray
@@ -74,6 +75,7 @@ def parse_voc(text: str | bytes, file: str | Path) -> VocFile:
         return DataError(file, None, f"{root.tag}/{element}: {problem}")
 
     filename = _text(root, "filename", fail)
+    folder = (root.findtext("folder") or "").strip() or None
     width = check_image_side(_text(root, "size/width", fail), "width", lambda p: fail("size/width", p))
     height = check_image_side(_text(root, "size/height", fail), "height", lambda p: fail("size/height", p))
     rows, names, places, n_difficult = [], [], [], 0
@@ -94,7 +96,7 @@ def parse_voc(text: str | bytes, file: str | Path) -> VocFile:
         places.append(place)
     boxes = check_boxes(np.array(rows, dtype=np.float64).reshape(-1, 4), width, height,
                         lambda i, problem: fail(f"{places[i]}/bndbox", problem))
-    return VocFile(filename, width, height, boxes, names, n_difficult)
+    return VocFile(filename, folder, width, height, boxes, names, n_difficult)
 
 
 def _text(element: ET.Element, path: str, fail: Callable[[str, str], DataError]) -> str:
@@ -128,27 +130,36 @@ def read_voc(
     Args:
         names: the classes in order; an object of another class is an error. Default: the names
             found, sorted.
-        image_root: folder of the images; default the XML's folder, else ``../JPEGImages``.
+        image_root: folder of the images; default the XML's folder, else the folder beside it named by the
+            XML's ``<folder>`` (``photos/`` beside ``annotations/``), else ``../JPEGImages``.
         split: the split name of all images when there are no split lists.
+
+    Each XML's image is looked up as soon as the XML is read, so a wrong image folder stops at the first file.
     """
     lists = _split_lists(Path(source)) if isinstance(source, str | Path) and Path(source).is_dir() else {}
     files = lists or {split: _xml_files(source)}
-    parsed = {name: [(xml_path, _read_xml(xml_path)) for xml_path in xml_paths] for name, xml_paths in files.items()}
+    parsed = {}
+    for name, xml_paths in files.items():
+        parsed[name] = []
+        for xml_path in xml_paths:
+            voc = _read_xml(xml_path)
+            parsed[name].append((xml_path, voc, _find_image(xml_path, voc, image_root)))
     if names is None:
-        names = sorted({n for items in parsed.values() for _, voc in items for n in voc.names})
+        names = sorted({n for items in parsed.values() for _, voc, _ in items for n in voc.names})
     names = list(names)
     index = {name: i for i, name in enumerate(names)}
     ann = Annotations(names=names)
     for name, items in parsed.items():
         records = []
-        for xml_path, voc in items:
+        for xml_path, voc, image in items:
             unknown = [n for n in voc.names if n not in index]
             if unknown:
                 raise DataError(xml_path, None, f"object name {unknown[0]!r} is not one of the classes {names}")
-            image = _find_image(xml_path, voc, image_root)
-            records.append(ImageRecord(image, voc.width, voc.height, voc.boxes, [index[n] for n in voc.names]))
+            skipped = {SKIP_DIFFICULT: voc.n_difficult} if voc.n_difficult else {}
+            records.append(ImageRecord(image, voc.width, voc.height, voc.boxes, [index[n] for n in voc.names],
+                                       skipped))
         ann.splits[name] = records
-        ann.skipped[name] = {SKIP_DIFFICULT: sum(voc.n_difficult for _, voc in items)}
+        ann.skipped[name] = {SKIP_DIFFICULT: sum(voc.n_difficult for _, voc, _ in items)}
     return ann
 
 
@@ -211,8 +222,16 @@ def _xml_files(source) -> list[Path]:
     raise DataError(source, None, f"no .xml files in it or in its {ANNOTATION_FOLDER}/ folder")
 
 
+def image_roots(xml_path: Path, folder: str | None) -> list[Path]:
+    """Where an XML's image is looked for without --image-root: beside it, in the sibling folder its
+    ``<folder>`` names (labelImg writes the image folder's name there), in the devkit's ``../JPEGImages``."""
+    beside = xml_path.parent
+    named = [beside.parent / folder] if folder and Path(folder).name == folder else []
+    return list(dict.fromkeys([beside, *named, beside.parent / IMAGE_FOLDER]))
+
+
 def _find_image(xml_path: Path, voc: VocFile, image_root: str | Path | None) -> Path:
-    roots = [Path(image_root)] if image_root is not None else [xml_path.parent, xml_path.parent.parent / IMAGE_FOLDER]
+    roots = [Path(image_root)] if image_root is not None else image_roots(xml_path, voc.folder)
     path, size = find_image(voc.filename, roots, xml_path)
     if size != (voc.height, voc.width):
         raise DataError(xml_path, None, f"<size> says {voc.width}x{voc.height} but image {path} is "
