@@ -323,7 +323,11 @@ def test_stats_command_writes_json_and_plots(tmp_path):
     stats = json.loads((tmp_path / "st/stats.json").read_text())
     assert (stats["n_images"], stats["n_objects"], stats["n_backgrounds"]) == (4, 3, 2)
     assert stats["per_class"] == {"a": 1, "b": 1, "c": 1}
+    # Random pixels, as in a photo: ~255/256 of them non-zero, so no sparsity row and no sparsity plot.
+    assert stats["sparse"] is False and stats["nonzero_fraction"]["median"] > 0.99
+    assert "non-zero" not in result.output
     assert sorted(p.name for p in (tmp_path / "st").glob("*.png")) == [
-        "box_wh.png", "nonzero_fraction.png", "objects_per_image.png", "per_class.png"]
+        "box_wh.png", "objects_per_image.png", "per_class.png"]
+    assert "16x16: 4" in flat(result.output)  # one size: listed with its count
     missing = invoke(data_tools.stats_command, data, "--split", "test")
     assert missing.exit_code == 2 and "no split 'test'" in missing.output

@@ -55,6 +55,9 @@ def test_all_splits_against_hand_counts(three):
     expected = {"min": 0, "median": 0.015, "mean": 0.065 / 3, "max": 0.05}
     assert stats["nonzero_fraction"] == pytest.approx(expected)
     assert stats["image_sizes"] == {"10x8": 1, "20x10": 1, "4x4": 1}
+    assert stats["image_width_px"] == pytest.approx({"min": 4, "median": 10, "mean": 34 / 3, "max": 20})
+    assert stats["image_height_px"] == pytest.approx({"min": 4, "median": 8, "mean": 22 / 3, "max": 10})
+    assert stats["sparse"] is True  # median 0.015 of the pixels non-zero
     assert [Path(p).name for p in stats["per_image"]["path"]] == ["a.png", "b.png", "c.png"]
     assert stats["per_image"]["objects"] == [2, 1, 0]
 
@@ -86,6 +89,36 @@ def test_palette_image_counts_black_entries_as_zero(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"")
     with pytest.raises(DataError, match=r"broken\.png: cannot decode image"):
         nonzero_fraction(tmp_path / "broken.png")
+
+
+def photos(root: Path, sizes: list[tuple[int, int]]) -> Path:
+    """RGB images of random pixels (as in photos, nearly all non-zero) of the given (width, height) sizes."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(1, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images", "names": ["a"]}))
+    return root / "data.yaml"
+
+
+def test_photos_get_no_sparsity_and_a_summary_of_many_sizes(tmp_path):
+    from typer.testing import CliRunner
+
+    from yololab.cli import app
+
+    sizes = [(30, 20), (30, 20), (30, 20), (24, 18), (24, 18), (40, 10), (12, 12), (50, 25), (16, 9)]
+    data = photos(tmp_path / "ds", sizes)
+    stats = dataset_stats(data)
+    assert stats["sparse"] is False and stats["nonzero_fraction"]["min"] == 1.0
+    assert list(stats["image_sizes"].items())[:2] == [("30x20", 3), ("24x18", 2)]  # most frequent first
+    assert stats["image_width_px"]["median"] == 30 and stats["image_height_px"]["max"] == 25
+    result = CliRunner().invoke(app, ["data", "stats", str(data), "--out", str(tmp_path / "st")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "non-zero" not in text and not (tmp_path / "st" / "nonzero_fraction.png").exists()
+    assert "6 different; most frequent 30x20: 3, 24x18: 2, 12x12: 1" in text
+    assert "image width px min 12, median 30, mean 28.4444, max 50" in text
+    assert "40x10" not in text  # not every size in one row
 
 
 def test_plots_are_written(three, tmp_path):

@@ -46,6 +46,8 @@ console = Console()
 EXIT_PROBLEMS = 1  # the data has errors (check)
 EXIT_ERROR = 2  # the command cannot run on its input (unreadable data.yaml, bad option): as every command
 MAX_ROWS = 50  # problems listed by `data check` unless told otherwise
+MAX_LISTED_SIZES = 5  # `data stats` lists up to this many image sizes; beyond, it summarises them
+COMMON_SIZES = 3  # the most frequent sizes named in that summary
 # Folders carry no class names: without --nc any non-negative integer class passes.
 ANY_CLASS = sys.maxsize
 
@@ -187,8 +189,9 @@ def stats_command(
     split: Annotated[str | None, typer.Option(help="train, val or test (default: all splits).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: DATA folder/stats).")] = None,
 ) -> None:
-    """Dataset statistics: objects per image and per class, box width/height in pixels, image sparsity
-    (fraction of non-zero pixels). Writes stats.json and PNG plots.
+    """Dataset statistics: objects per image and per class, box and image width/height in pixels and, for
+    sparse images (most pixels zero: detector images, digits on black), the fraction of non-zero pixels.
+    Writes stats.json and PNG plots.
 
     Example: yololab data stats data/sparse/data.yaml --split train --out runs/sparse-stats
     """
@@ -202,8 +205,7 @@ def stats_command(
     plots = plot_stats(stats, out)
 
     table = Table(title=f"{escape(str(data))} [{', '.join(stats['splits'])}]", show_header=False)
-    opi, width, height, nonzero = (stats[k] for k in ("objects_per_image", "box_width_px", "box_height_px",
-                                                       "nonzero_fraction"))
+    opi, width, height = (stats[k] for k in ("objects_per_image", "box_width_px", "box_height_px"))
     rows = [
         ("images", str(stats["n_images"])),
         ("objects", str(stats["n_objects"])),
@@ -212,14 +214,26 @@ def stats_command(
         ("objects per class", ", ".join(f"{k} {v}" for k, v in stats["per_class"].items())),
         ("box width px", _range(width)),
         ("box height px", _range(height)),
-        ("non-zero pixel fraction", _range(nonzero, ".4f")),
-        ("image sizes", ", ".join(f"{k}: {v}" for k, v in stats["image_sizes"].items())),
+        *_image_size_rows(stats),
     ]
+    if stats["sparse"]:
+        rows.append(("non-zero pixel fraction", _range(stats["nonzero_fraction"], ".4f")))
     for key, value in rows:
         table.add_row(key, escape(value))
     console.print(table)
     for path in [out / "stats.json", *plots]:
         console.print(f"wrote {escape(str(path))}", highlight=False)
+
+
+def _image_size_rows(stats: dict) -> list[tuple[str, str]]:
+    """Few sizes: each with its count. Many (photos): their number, the most frequent ones, and the ranges."""
+    sizes = stats["image_sizes"]
+    if len(sizes) <= MAX_LISTED_SIZES:
+        return [("image sizes", ", ".join(f"{k}: {v}" for k, v in sizes.items()))]
+    common = ", ".join(f"{k}: {v}" for k, v in list(sizes.items())[:COMMON_SIZES])
+    return [("image sizes", f"{len(sizes)} different; most frequent {common}"),
+            ("image width px", _range(stats["image_width_px"], "g")),
+            ("image height px", _range(stats["image_height_px"], "g"))]
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:

@@ -1,5 +1,6 @@
-"""What a dataset holds: objects per image and per class, box sizes in pixels and how sparse the images
-are (the fraction of pixels that are non-zero), as a JSON-ready dict and as PNG plots."""
+"""What a dataset holds: objects per image and per class, box and image sizes in pixels and, for sparse
+images (detector images, digits on black), the fraction of pixels that are non-zero, as a JSON-ready dict and
+as PNG plots."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ WH_BINS = 40  # bins per axis of the box width/height histogram (log-spaced)
 FIGURE_SIZE = (6.4, 4.8)  # inches, matplotlib's default
 DPI = 100
 PLOT_FILES = ("objects_per_image.png", "per_class.png", "box_wh.png", "nonzero_fraction.png")
+SPARSITY_PLOT = PLOT_FILES[-1]  # drawn for sparse images only
+# Images are sparse when in the median image at most this share of the pixels is non-zero: most of the image is
+# empty background, and the share tells how much signal there is. In a photo nearly every pixel is non-zero
+# (0.99 and more), so the share says nothing there and is not reported.
+SPARSE_NONZERO_MAX = 0.5
 
 
 def nonzero_fraction(path: str | Path) -> float:
@@ -53,7 +59,9 @@ def dataset_stats(data_yaml: str | Path, split: str | None = None) -> dict:
         ``per_class``: ``{name: objects}``;
         ``box_width_px`` / ``box_height_px`` / ``nonzero_fraction``: ``min, median, mean, max`` (``None``
         without values); ``nonzero_fraction`` is the image sparsity (fraction of non-zero pixels);
-        ``image_sizes``: ``{"WxH": images}``;
+        ``sparse``: whether the images are sparse (median ``nonzero_fraction`` at most ``SPARSE_NONZERO_MAX``);
+        ``image_sizes``: ``{"WxH": images}``, most frequent first; ``image_width_px`` / ``image_height_px``:
+        ``min, median, mean, max`` over the images;
         ``per_image``: lists ``path``, ``objects``, ``nonzero_fraction``;
         ``per_box``: lists ``class``, ``width_px``, ``height_px`` (normalised label sizes times the
         image's width and height).
@@ -64,7 +72,7 @@ def dataset_stats(data_yaml: str | Path, split: str | None = None) -> dict:
     splits = [split] if split is not None else list(spec.splits)
     images = list(dict.fromkeys(p for s in splits for p in spec.splits[s]))
 
-    objects, fractions, sizes = [], [], []
+    objects, fractions, sizes, widths, heights = [], [], [], [], []
     box_class, box_w, box_h = [], [], []
     for image in images:
         labels = read_label_file(label_path(image), spec.num_classes)
@@ -73,6 +81,8 @@ def dataset_stats(data_yaml: str | Path, split: str | None = None) -> dict:
         objects.append(len(labels))
         fractions.append(nonzero_fraction(image))
         sizes.append(f"{width}x{height}")
+        widths.append(width)
+        heights.append(height)
         box_class += labels[:, 0].astype(int).tolist()
         # float32 labels carry ~1e-5 px of rounding at these sizes: keep 3 decimals.
         box_w += np.round(labels[:, 3].astype(np.float64) * width, PX_DECIMALS).tolist()
@@ -96,7 +106,10 @@ def dataset_stats(data_yaml: str | Path, split: str | None = None) -> dict:
         "box_width_px": _summary(box_w),
         "box_height_px": _summary(box_h),
         "nonzero_fraction": _summary(fractions),
-        "image_sizes": dict(sorted(Counter(sizes).items())),
+        "sparse": bool(fractions) and float(np.median(fractions)) <= SPARSE_NONZERO_MAX,
+        "image_sizes": dict(Counter(sorted(sizes)).most_common()),
+        "image_width_px": _summary(widths),
+        "image_height_px": _summary(heights),
         "per_image": {"path": [str(p) for p in images], "objects": objects, "nonzero_fraction": fractions},
         "per_box": {"class": box_class, "width_px": box_w, "height_px": box_h},
     }
@@ -111,12 +124,12 @@ def _summary(values: list[float]) -> dict[str, float | None]:
 
 
 def plot_stats(stats: dict, out_dir: str | Path) -> list[Path]:
-    """Write the four plots of :func:`dataset_stats`' result to ``out_dir``; returns their paths.
+    """Write the plots of :func:`dataset_stats`' result to ``out_dir``; returns their paths.
 
     ``objects_per_image.png`` (images per object count), ``per_class.png`` (objects per class),
     ``box_wh.png`` (2-D histogram of box width x height in pixels, log-spaced bins: sizes span two orders
-    of magnitude on sparse detector images), ``nonzero_fraction.png`` (images per fraction of non-zero
-    pixels).
+    of magnitude on sparse detector images) and, for sparse images only, ``nonzero_fraction.png`` (images per
+    fraction of non-zero pixels).
     """
     from matplotlib.figure import Figure
 
@@ -126,6 +139,8 @@ def plot_stats(stats: dict, out_dir: str | Path) -> list[Path]:
     painters = (_plot_objects_per_image, _plot_per_class, _plot_box_wh, _plot_nonzero_fraction)
     paths = []
     for name, paint in zip(PLOT_FILES, painters, strict=True):
+        if name == SPARSITY_PLOT and not stats["sparse"]:
+            continue
         # Figure without pyplot: no global state, no GUI backend, safe in worker threads.
         figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
         axes = figure.add_subplot()
