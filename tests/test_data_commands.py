@@ -78,7 +78,8 @@ def test_check_good_dataset_exits_zero(tmp_path):
     assert result.exit_code == 0, result.output
     assert "0 errors, 0 warnings" in result.output
     # train: 4 images, 3 boxes, 2 background of which 1 without a label file.
-    assert f"{data} [train] │ 4 │ 3 │ 2 │ 1 │ 0 │ 0" in flat(result.output)
+    assert (f"{data} [train]: 4 images, 3 boxes, 2 background, 1 without label file, 0 errors, 0 warnings"
+            in result.output.splitlines())
 
 
 def test_check_bad_dataset_lists_file_and_line(tmp_path):
@@ -91,12 +92,12 @@ def test_check_bad_dataset_lists_file_and_line(tmp_path):
     (tmp_path / "images/train/img2.png").write_bytes(b"")
     result = invoke(data_tools.check_command, data)
     assert result.exit_code == 1, result.output
-    out = flat(result.output)
+    out = result.output
     labels = tmp_path / "labels/train"
-    assert f"error │ {labels / 'img0.txt'}:2 │ class 5 out of range 0..2" in out
-    assert f"error │ {labels / 'img1.txt'}:1 │ non-finite value" in out
-    assert f"error │ {tmp_path / 'images/train/img2.png'} │ cannot decode image" in out
-    assert f"warning │ {labels / 'img3.txt'}:3 │ duplicate of line 1" in out
+    assert f"\n{labels / 'img0.txt'}:2: error: class 5 out of range 0..2\n" in out
+    assert f"\n{labels / 'img1.txt'}:1: error: non-finite value" in out
+    assert f"\n{tmp_path / 'images/train/img2.png'}: error: cannot decode image" in out
+    assert f"\n{labels / 'img3.txt'}:3: warning: duplicate of line 1" in out
     assert "3 errors, 1 warnings" in out
 
 
@@ -109,12 +110,45 @@ def test_check_duplicates_alone_are_warnings_and_channels_are_checked(tmp_path):
     assert "image has 1 channel (mode L), expected 3" in result.output
 
 
+LONG = "a_folder_name_long_enough_that_no_80_column_table_could_show_the_whole_path"
+
+
+def test_check_piped_prints_complete_lines_each_problem_once(tmp_path, monkeypatch):
+    # train and val are one folder: its bad label is one problem, and the sharing is said.
+    root = tmp_path / LONG
+    data = make_dataset(root, {"train/badclass": "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n",
+                               "train/ok": "1 0.5 0.5 0.1 0.1\n"})
+    spec = yaml.safe_load(data.read_text())
+    data.write_text(yaml.safe_dump({**spec, "val": "images/train"}))
+    monkeypatch.setattr(data_tools, "console", Console(width=80))  # a pipe: not a terminal, 80 columns
+    result = invoke(data_tools.check_command, data)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    bad = f"{root / 'labels/train/badclass.txt'}:2: error: class 7 out of range 0..2"
+    assert lines.count(bad) == 1 and "…" not in result.output
+    assert f"{data} [train]: 2 images, 2 boxes, 0 background, 0 without label file, 1 errors, 0 warnings" in lines
+    assert f"{data} [val]: 2 images, 2 boxes, 0 background, 0 without label file, 1 errors, 0 warnings" in lines
+    assert f"note: {data} [train] and {data} [val] share 2 images" in result.output
+    assert lines[-1].endswith("1 errors, 0 warnings")
+
+
+def test_check_in_a_terminal_folds_long_names_instead_of_cutting_them(tmp_path, monkeypatch):
+    root = tmp_path / LONG
+    data = make_dataset(root, {"train/badclass": "7 0.5 0.5 0.1 0.1\n"})
+    monkeypatch.setattr(data_tools, "console", Console(width=80, force_terminal=True, color_system=None))
+    result = invoke(data_tools.check_command, data)
+    assert result.exit_code == 1
+    assert "…" not in result.output and "badclass.txt:1" in result.output
+    cells = "".join(line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") == 4)
+    assert str(root / "labels/train/badclass.txt:1") in cells  # the folded cell joins back to the whole name
+
+
 def test_check_folder_and_unreadable_yaml(tmp_path):
     make_dataset(tmp_path, {"train/img0": "2 0.5 0.5 0.2 0.2\n"})
     folder = tmp_path / "images/train"
     assert invoke(data_tools.check_command, folder).exit_code == 0  # without --nc any class >= 0 passes
     result = invoke(data_tools.check_command, folder, "--nc", "2")
-    assert result.exit_code == 1 and "img0.txt:1 │ class 2 out of range 0..1" in flat(result.output)
+    assert result.exit_code == 1 and "img0.txt:1: error: class 2 out of range 0..1" in result.output
     (tmp_path / "bad.yaml").write_text("names: [a\n")
     assert invoke(data_tools.check_command, tmp_path / "bad.yaml").exit_code == 2
 

@@ -128,12 +128,13 @@ def check_command(
     )] = True,
     nc: Annotated[int | None, typer.Option(
         help="Number of classes, for a folder or list (a data.yaml names its own).")] = None,
-    max_rows: Annotated[int, typer.Option(help="Problems listed in the table; all are counted.")] = MAX_ROWS,
+    max_rows: Annotated[int, typer.Option(help="Problems listed; all are counted.")] = MAX_ROWS,
 ) -> None:
     """Check a dataset: every image readable and decodable, every label line parseable, class ids in range,
     w and h > 0, no NaN, boxes inside the image (those overshooting by at most 0.001 of the image are clipped,
     further out is an error); duplicate label lines are warnings. Images without labels count as background.
-    Prints the problems with file and line; the exit status is 1 when there are errors.
+    Prints the problems with file and line, each once (also when splits share images): tables in a terminal,
+    plain `file:line: severity: problem` lines in a pipe or log. The exit status is 1 when there are errors.
 
     Example: yololab data check data/sparse/data.yaml --channels 1
     """
@@ -143,11 +144,10 @@ def check_command(
         sources, num_classes = _splits_to_check(path, nc)
     except DataError as err:
         _fail(str(err))
-    summary = Table(title=f"data check: {escape(str(path))}")
-    for column in ("split", "images", "boxes", "background", "without label file", "errors", "warnings"):
-        summary.add_column(column, justify="left" if column == "split" else "right")
-    errors: list[DataError] = []
-    warnings: list[DataError] = []
+    rows: list[tuple[str, ...]] = []
+    # Keyed by the problem's text: a file in two splits (train and val the same folder) is one problem.
+    errors: dict[str, DataError] = {}
+    warnings: dict[str, DataError] = {}
     for source, images in sources.items():
         report = validate_split(images, num_classes, full_decode=full_decode, source=source)
         split_errors = list(report.problems)
@@ -155,32 +155,78 @@ def check_command(
             mismatches = (check_channels(image, channels) for image in images)
             split_errors += [p for p in mismatches if p is not None]
         split_warnings = [d for image in images for d in find_duplicate_lines(label_path(image))]
-        summary.add_row(escape(source), str(report.n_images), str(report.n_boxes), str(report.n_backgrounds),
-                        str(report.n_missing_labels), str(len(split_errors)), str(len(split_warnings)))
-        errors += split_errors
-        warnings += split_warnings
-    console.print(summary)
-    if errors or warnings:
-        console.print(_problem_table(errors, warnings, max_rows))
+        rows.append((source, str(report.n_images), str(report.n_boxes), str(report.n_backgrounds),
+                     str(report.n_missing_labels), str(len(split_errors)), str(len(split_warnings))))
+        errors.update((str(e), e) for e in split_errors)
+        warnings.update((str(w), w) for w in split_warnings)
+    problems = [("error", e) for e in errors.values()] + [("warning", w) for w in warnings.values()]
     class_rule = f"0..{num_classes - 1}" if num_classes != ANY_CLASS else "any integer >= 0 (give --nc)"
-    console.print(f"classes: {class_rule}; box policy: clip within {BOX_TOLERANCE} of the image, reject "
-                  f"beyond; {len(errors)} errors, {len(warnings)} warnings", highlight=False)
+    closing = (f"classes: {class_rule}; box policy: clip within {BOX_TOLERANCE} of the image, reject beyond; "
+               f"{len(errors)} errors, {len(warnings)} warnings")
+    notes = [f"{a} and {b} share {n} images: each problem is listed once, and those images do not measure "
+             f"generalisation" for a, b, n in _shared_images(sources)]
+    if console.is_terminal:
+        _print_check_tables(path, rows, problems, max_rows, notes, closing)
+    else:
+        _print_check_lines(path, rows, problems, max_rows, notes, closing)
     if errors:
         raise typer.Exit(EXIT_PROBLEMS)
 
 
-def _problem_table(errors: list[DataError], warnings: list[DataError], max_rows: int) -> Table:
-    rows = [("error", e) for e in errors] + [("warning", w) for w in warnings]
-    table = Table(title="problems")
-    for column in ("severity", "file:line", "problem"):
-        table.add_column(column)
-    for severity, problem in rows[:max_rows]:
-        colour = "red" if severity == "error" else "yellow"
-        where = problem.file if problem.line is None else f"{problem.file}:{problem.line}"
-        table.add_row(f"[{colour}]{severity}[/]", escape(where), escape(problem.problem))
-    if len(rows) > max_rows:
-        table.caption = f"... and {len(rows) - max_rows} more (--max-rows)"
-    return table
+CHECK_COLUMNS = ("split", "images", "boxes", "background", "without label file", "errors", "warnings")
+
+
+def _shared_images(sources: dict[str, list[Path]]) -> list[tuple[str, str, int]]:
+    """``(source, other source, images in both)`` for every pair of sources that share images."""
+    resolved = {source: {p.resolve() for p in images} for source, images in sources.items()}
+    names = list(resolved)
+    return [(a, b, len(resolved[a] & resolved[b])) for i, a in enumerate(names) for b in names[i + 1:]
+            if resolved[a] & resolved[b]]
+
+
+def _where(problem: DataError) -> str:
+    return problem.file if problem.line is None else f"{problem.file}:{problem.line}"
+
+
+def _print_check_lines(path: Path, rows: list[tuple[str, ...]], problems: list[tuple[str, DataError]],
+                       max_rows: int, notes: list[str], closing: str) -> None:
+    """Plain, complete lines (a pipe or CI log): no table to cut at 80 columns; problems as ``file:line:``."""
+    lines = [f"data check: {path}"]
+    for source, *counts in rows:
+        lines.append(f"{source}: " + ", ".join(f"{n} {c}" for c, n in zip(CHECK_COLUMNS[1:], counts, strict=True)))
+    lines += [f"note: {note}" for note in notes]
+    lines += [f"{_where(p)}: {severity}: {p.problem}" for severity, p in problems[:max_rows]]
+    if len(problems) > max_rows:
+        lines.append(f"... and {len(problems) - max_rows} more (--max-rows)")
+    lines.append(closing)
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_check_tables(path: Path, rows: list[tuple[str, ...]], problems: list[tuple[str, DataError]],
+                        max_rows: int, notes: list[str], closing: str) -> None:
+    """Tables for a terminal; long file names fold onto more lines rather than being cut."""
+    summary = Table(title=f"data check: {escape(str(path))}")
+    for column in CHECK_COLUMNS:
+        summary.add_column(column, justify="left" if column == "split" else "right",
+                           overflow="fold" if column == "split" else "ellipsis")
+    for source, *counts in rows:
+        summary.add_row(escape(source), *counts)
+    console.print(summary)
+    for note in notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    if problems:
+        table = Table(title="problems")
+        table.add_column("severity")
+        table.add_column("file:line", overflow="fold")
+        table.add_column("problem", overflow="fold")
+        for severity, problem in problems[:max_rows]:
+            colour = "red" if severity == "error" else "yellow"
+            table.add_row(f"[{colour}]{severity}[/]", escape(_where(problem)), escape(problem.problem))
+        if len(problems) > max_rows:
+            table.caption = f"... and {len(problems) - max_rows} more (--max-rows)"
+        console.print(table)
+    console.print(closing, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------ stats
