@@ -561,3 +561,40 @@ def test_bad_thresholds_name_their_source(tmp_path):
     run = _write_run(tmp_path / "ok", healthy_rows(), HEALTHY_FIT)
     result = CliRunner().invoke(_app(), [str(run), "--set", "no_such_rule=1"])
     assert result.exit_code == 2 and "--set: doctor thresholds: no_such_rule" in result.output
+
+
+def _lagging_run(path):
+    """A run whose scale 2 lags with MSE boxes: one finding whose change is loss.box_loss=giou."""
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/iou/s2", {e: 0.15 for e in range(EPOCHS)})
+    return _write_run(path, rows, HEALTHY_FIT, {"box_loss": "mse"})
+
+
+def test_cli_piped_prints_plain_complete_lines(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from yololab.commands import doctor
+
+    run = _lagging_run(tmp_path / "a_run_folder_with_a_name_long_enough_to_fill_most_of_an_80_column_line")
+    monkeypatch.setattr(doctor, "console", Console(width=80))  # a pipe: not a terminal, 80 columns
+    result = CliRunner().invoke(_app(), [str(run)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "…" not in result.output and lines[0] == f"doctor: {run}"
+    assert lines[1].startswith("warning lagging_scale_iou s2/box from epoch 0: ")
+    assert lines[2].startswith("    try: ") and lines[3] == "    change: --set loss.box_loss=giou"
+    assert lines[-1] == f"wrote {run / 'findings.json'}"
+
+
+def test_cli_in_an_80_column_terminal_folds_the_change(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from yololab.commands import doctor
+
+    run = _lagging_run(tmp_path / "r")
+    monkeypatch.setattr(doctor, "console", Console(width=80, force_terminal=True, color_system=None))
+    result = CliRunner().invoke(_app(), [str(run)])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    last_cells = "".join(line.split("│")[-2].strip() for line in result.output.splitlines() if line.count("│") == 6)
+    assert last_cells.replace(" ", "").endswith("--setloss.box_loss=giou")  # cells wrap at spaces, fold in words

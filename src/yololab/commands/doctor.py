@@ -47,18 +47,36 @@ def doctor_command(
     _print_table(findings, run)
 
 
+def _where(finding: Finding) -> str:
+    return "/".join(str(x) for x in (f"s{finding.scale}" if finding.scale is not None else None, finding.term) if x)
+
+
+def _change(finding: Finding) -> str:
+    """The suggested config change as the flags that make it: ``--set loss.obj_weight=1250 ...``."""
+    return " ".join(f"--set {key}={value}" for key, value in finding.changes.items())
+
+
 def _print_table(findings: list[Finding], run: Path) -> None:
     if not findings:
-        console.print(f"no findings for {escape(str(run))}")
-    else:
+        console.print(f"no findings for {escape(str(run))}", highlight=False, soft_wrap=True)
+    elif console.is_terminal:
         table = Table(title=f"doctor: {escape(str(run))}")
         for column in ("severity", "scale/term", "first epoch", "finding", "suggested change"):
-            table.add_column(column)
+            # Long words (a file name, loss.obj_weight=1250) fold onto the next line instead of being cut.
+            table.add_column(column, overflow="fold")
         for f in findings:
-            where = "/".join(str(x) for x in (f"s{f.scale}" if f.scale is not None else None, f.term) if x)
-            change = ", ".join(f"{k}={v}" for k, v in f.changes.items())
-            table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", where or "-",
+            table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", _where(f) or "-",
                           "-" if f.first_epoch is None else str(f.first_epoch), escape(f.message),
-                          escape(f"{f.suggestion} {change}".strip()))
+                          escape(f"{f.suggestion} {_change(f)}".strip()))
         console.print(table)
-    console.print(f"wrote {escape(str(run / FINDINGS_FILE))}")
+    else:  # a pipe or a log: plain, complete lines
+        lines = [f"doctor: {run}"]
+        for f in findings:
+            since = "" if f.first_epoch is None else f" from epoch {f.first_epoch}"
+            lines.append(f"{f.severity} {f.rule}{' ' + _where(f) if _where(f) else ''}{since}: {f.message}")
+            lines.append(f"    try: {f.suggestion}")
+            if f.changes:
+                lines.append(f"    change: {_change(f)}")
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {escape(str(run / FINDINGS_FILE))}", highlight=False, soft_wrap=True)
