@@ -26,14 +26,15 @@ from yololab.boxes import wh_iou
 from yololab.data.errors import DataError
 from yololab.data.letterbox import letterbox_info
 from yololab.data.yolo_format import DataSpec, check_image, label_path, load_data_yaml, read_label_file
+from yololab.loss.config import LossConfig
 
 MAX_ITER = 300  # k-means iterations; the assignment usually stops changing within a few dozen
 # A truth counts as recallable under the IoU rule when its best shape IoU exceeds 0.5: the usual "good
 # match" IoU (PASCAL VOC's detection threshold, darknet's default ignore_thresh).
 BPR_IOU = 0.5
-# ultralytics' anchor_t (hyp.scratch.yaml): a truth may use an anchor when neither side differs from
-# the anchor's by more than this factor. The same default as LossConfig.anchor_t.
-DEFAULT_ANCHOR_T = 4.0
+# ultralytics' anchor_t (hyp.scratch.yaml, 4.0): a truth may use an anchor when neither side differs from
+# the anchor's by more than this factor. The loss's ratio rule and this fit share one default.
+DEFAULT_ANCHOR_T = LossConfig.model_fields["anchor_t"].default
 KMEANS_SUMMARY = ("mean_best_iou", "bpr_iou50", "bpr_ratio")  # what anchor_fit_report keeps of the k-means fit
 PLOT_MAX_POINTS = 20_000  # boxes drawn in the scatter plot; a seeded sample above this
 PLOT_SEED = 0

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 console = Console()
 
 DEFAULT_SCALES = 3  # YOLOv3's three heads, used when no --cfg says how many there are
-# The ratio rule's size limit: the loss's own default (ultralytics anchor_t).
+# The ratio rule's size limit: the loss's own default (ultralytics anchor_t), as yololab.anchors takes it.
 DEFAULT_ANCHOR_T = LossConfig.model_fields["anchor_t"].default
 # Proposed anchors are rounded to 0.1 px: readable in a cfg, and far below what moves an IoU.
 ANCHOR_DECIMALS = 1
