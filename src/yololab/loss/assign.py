@@ -106,15 +106,21 @@ def _cells(targets: Tensor, grid: Geometry, scale: Tensor) -> tuple[Tensor, Tens
 
 
 def _anchor_fit(targets: Tensor, wh_px: Tensor, grid: Geometry, centre: str) -> Tensor:
-    """[N, sumA] IoU of each truth with each anchor, the anchor centred on the truth or on its cell's centre."""
+    """[N, sumA] IoU of each truth with each anchor, the anchor centred on the truth or on its cell's centre.
+
+    The cell-centred IoU is taken in float64 where the device has it, as TF2-YOLOv3's numpy code does: a truth
+    can sit exactly on its 0.3 threshold in exact arithmetic, and float32 rounding would then decide.
+    """
     if centre == "truth":
         return wh_iou(wh_px, grid.all_anchors)
-    stride = grid.stride[grid.scale_of]  # [sumA]
-    size = grid.input_wh
-    centre_cells = targets[:, None, 2:4] * size / stride[None, :, None]  # [N, sumA, 2] centre in cells
-    anchor_xy = (centre_cells.floor() + CELL_CENTRE) * stride[None, :, None]
-    truth = box_cxcywh_to_xyxy(torch.cat((targets[:, 2:4] * size, wh_px), -1))[:, None, :]
-    anchor = box_cxcywh_to_xyxy(torch.cat((anchor_xy, grid.all_anchors[None].expand(len(targets), -1, -1)), -1))
+    dtype = torch.float32 if targets.device.type == "mps" else torch.float64
+    stride = grid.stride[grid.scale_of].to(dtype)  # [sumA]
+    size = grid.input_wh.to(dtype)
+    xy, wh = targets[:, 2:4].to(dtype) * size, targets[:, 4:6].to(dtype) * size
+    anchor_xy = ((xy[:, None, :] / stride[None, :, None]).floor() + CELL_CENTRE) * stride[None, :, None]
+    truth = box_cxcywh_to_xyxy(torch.cat((xy, wh), -1))[:, None, :]  # [N, 1, 4]
+    anchors = grid.all_anchors.to(dtype)[None].expand(len(targets), -1, -1)
+    anchor = box_cxcywh_to_xyxy(torch.cat((anchor_xy, anchors), -1))  # [N, sumA, 4]
     return iou_elementwise(truth, anchor, "iou")
 
 
@@ -213,7 +219,7 @@ def assign_targets(targets: Tensor, grid: Geometry, cfg: LossConfig, raw: list[T
         scale = grid.scale_of[g_idx]
     anchor = g_idx - grid.first[scale]
     image = targets[t_idx, 0].long()
-    quality = fit[t_idx, g_idx]
+    quality = fit[t_idx, g_idx].float()
     matched = torch.zeros(len(targets), len(grid.grids), dtype=torch.bool, device=device)
     matched[t_idx, scale] = True
     home_scale = grid.scale_of[fit.argmax(1)] if len(targets) else torch.zeros(0, dtype=torch.long, device=device)

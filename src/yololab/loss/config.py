@@ -97,6 +97,11 @@ class LossConfig(BaseModel):
         "(yolo_layer.c:195-196, 211-212). 'mse_linear': squared error of w, h in grid cells (seed 002, with "
         "wh_weight 0.1).",
     )
+    clamp_pred_wh_to_grid: bool = Field(
+        False, description="Clamp the decoded width and height of responsible predictions to the grid's size "
+        "before the box terms and the IoU objectness target (seed 002 compute_loss: wh_pd.clamp(0, "
+        "grid_size.max()) in grid cells); beyond it their gradient is 0.",
+    )
     small_box_weight: SmallBoxWeight = Field(
         "linear",
         description="Weight 2 - w*h (box area relative to the input) on each positive's box terms. 'linear': as "

@@ -280,8 +280,9 @@ class YoloLoss(nn.Module):
         # Positives: predicted and true boxes in pixels.
         cell = torch.stack((gx, gy), -1).to(p)
         true_offset = tgt[:, 2:4] * tgt.new_tensor([grid_w, grid_h]) - cell  # centre within its cell, in cells
+        max_wh = max(grid_h, grid_w) * stride if cfg.clamp_pred_wh_to_grid else None
         box = self._box_inputs(p[:, :4], cell, anchors[a], stride, true_offset, tgt[:, 4:6] * geo.input_wh,
-                               tgt[:, 4] * tgt[:, 5])
+                               tgt[:, 4] * tgt[:, 5], max_wh)
         iou = iou_elementwise(box.pred_xyxy.detach(), box.true_xyxy, "iou")
         n_box = len(p)
         if warmup:
@@ -309,11 +310,14 @@ class YoloLoss(nn.Module):
         return weighted, unweighted, stats
 
     def _box_inputs(self, t_box: Tensor, cell: Tensor, anchors: Tensor, stride: int, true_offset: Tensor,
-                    true_wh: Tensor, area: Tensor) -> BoxInputs:
+                    true_wh: Tensor, area: Tensor, max_wh: float | None = None) -> BoxInputs:
         """Box-term inputs from raw tx..th [K, 4], cells [K, 2] (gx, gy), anchors [K, 2] px, the target's offset
-        in its cell [K, 2], size [K, 2] px and area relative to the input [K]."""
+        in its cell [K, 2], size [K, 2] px and area relative to the input [K]; ``max_wh`` clamps the decoded
+        size (pixels)."""
         pred_offset = self.coder.xy(t_box[:, :2])
         pred_wh = self.coder.wh(t_box[:, 2:4], anchors)
+        if max_wh is not None:
+            pred_wh = pred_wh.clamp(max=max_wh)
         pred_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + pred_offset) * stride, pred_wh), -1))
         true_xyxy = box_cxcywh_to_xyxy(torch.cat(((cell + true_offset) * stride, true_wh), -1))
         factor = {"none": torch.ones_like(area), "linear": SMALL_BOX_BASE - area,
@@ -352,7 +356,8 @@ class YoloLoss(nn.Module):
         if cfg.collisions != "share" or len(last) == len(slot):
             return p[:, 5:], target
         _, inverse = torch.unique(slot, return_inverse=True)  # ``last`` is in the same ascending slot order
-        shared = target.new_zeros(len(last), target.shape[1]).index_reduce_(0, inverse, target, "amax")
+        shared = target.new_zeros(len(last), target.shape[1]).scatter_reduce_(
+            0, inverse[:, None].expand_as(target), target, reduce="amax")
         return p[last, 5:], shared
 
     def _weight(self, name: str, scale: int, geo: Geometry) -> float:

@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # box_loss='mse', wh_loss='mse_linear', wh_weight 0.1. golden/seed002.npz.
     "scratch-ratio": dict(
         coder="yolov3", assign="ratio_sum", ratio_sum_thresh=2.0, collisions="keep_all", box_loss="iou",
-        small_box_weight="none",
+        clamp_pred_wh_to_grid=True, small_box_weight="none",
         xy_loss="mse_sigmoid", wh_loss="mse_linear", wh_weight=0.1, obj_loss="bce", obj_target="one",
         obj_pos_weight="auto", ignore_thresh=1.0, cls_loss="bce", reduction="elementwise_mean",
     ),
