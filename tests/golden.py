@@ -105,7 +105,7 @@ def check_keras(case: str, variant: str = "ref") -> Mismatches:
     for k in range(SCALES):
         for term in ("xy", "wh", "obj", "noobj", "cls"):
             bad.number(f"{case} {variant} {term}/s{k}", _term(out, term, k), float(z[f"{case}/{variant}/{term}/s{k}"]))
-    bad.number(f"{case} {variant} total", float(out.total), float(z[f"{case}/{variant}/total"]))
+    bad.number(f"{case} {variant} total", float(out.total.detach()), float(z[f"{case}/{variant}/total"]))
     return bad
 
 
@@ -117,7 +117,7 @@ def check_tf2(case: str) -> Mismatches:
     for k in range(SCALES):
         for term in ("box", "obj", "noobj", "cls"):
             bad.number(f"{case} {term}/s{k}", _term(out, term, k), float(z[f"{case}/ref/{term}/s{k}"]))
-    bad.number(f"{case} total", float(out.total), float(z[f"{case}/ref/total"]))
+    bad.number(f"{case} total", float(out.total.detach()), float(z[f"{case}/ref/total"]))
     return bad
 
 
@@ -135,7 +135,7 @@ def check_ultralytics(case: str, variant: str = "ref_train") -> Mismatches:
         for term in ("box", "obj", "noobj", "cls"):
             bad.number(f"{case} {variant} {term}/s{k}", _term(out, term, k),
                        float(z[f"{case}/{variant}/{term}/s{k}"]) * bs)
-    bad.number(f"{case} {variant} loss", float(out.total), float(z[f"{case}/{variant}/loss"]))
+    bad.number(f"{case} {variant} loss", float(out.total.detach()), float(z[f"{case}/{variant}/loss"]))
     ref_grads = [torch.from_numpy(z[f"{case}/{variant}/grad_s{k}"]) for k in range(SCALES)]
     largest = max(float(g.abs().max()) for g in ref_grads)
     for k in range(SCALES):
@@ -215,7 +215,7 @@ def check_seed002(case: str, variant: str = "ref") -> Mismatches:
                            float(z[f"{case}/{variant}/{term}/s{k}"]))
         bad.number(f"{case} {variant} objall/s{k}", _term(out, "obj", k) + _term(out, "noobj", k),
                    float(z[f"{case}/{variant}/objall/s{k}"]))
-    bad.number(f"{case} {variant} total", float(out.total), float(z[f"{case}/{variant}/total"]))
+    bad.number(f"{case} {variant} total", float(out.total.detach()), float(z[f"{case}/{variant}/total"]))
     return bad
 
 

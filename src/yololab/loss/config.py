@@ -213,6 +213,11 @@ class LossConfig(BaseModel):
         "predictions without a truth are also pulled to their cell centre and anchor size by the box terms.",
     )
 
+    @property
+    def class_smoothing_form(self) -> SmoothingForm:
+        """The smoothing form the class term uses: softmax_ce needs a distribution, so always 'uniform'."""
+        return "uniform" if self.cls_loss == "softmax_ce" else self.label_smoothing_form
+
     @model_validator(mode="after")
     def _compatible(self) -> LossConfig:
         reach_neighbours = self.coder == "ultralytics" or (self.coder == "scaled" and self.scale_x_y >= 2)

@@ -352,7 +352,7 @@ class YoloLoss(nn.Module):
         """(logits [K, C], targets [K, C]): one row per positive, or under 'share' collisions one per slot with
         every truth's class in the target (darknet)."""
         cfg = self.cfg
-        target = terms.class_targets(classes, p.shape[-1] - 5, cfg.label_smoothing, cfg.label_smoothing_form)
+        target = terms.class_targets(classes, p.shape[-1] - 5, cfg.label_smoothing, cfg.class_smoothing_form)
         if cfg.collisions != "share" or len(last) == len(slot):
             return p[:, 5:], target
         _, inverse = torch.unique(slot, return_inverse=True)  # ``last`` is in the same ascending slot order
