@@ -5,12 +5,17 @@ import math
 import pytest
 import torch
 
-from yololab.loss import PRESETS, LossConfig, YoloLoss, aggregate, assign_targets, preset
+from yololab.loss import PRESETS, Geometry, LossConfig, YoloLoss, aggregate, assign_targets, preset
 
 ANCHORS = [torch.tensor([[60.0, 60.0], [100.0, 40.0]]), torch.tensor([[12.0, 12.0], [20.0, 30.0]])]
 STRIDES = [32, 16]
 INPUT = 128  # grids 4x4 and 8x8
 
+
+
+def _geometry(anchors, grids, batch):
+    """The batch geometry the loss builds: strides = input / grid."""
+    return Geometry.build(anchors, [INPUT // h for h, _ in grids], grids, batch, "cpu")
 
 def _raw(batch=2, classes=3, seed=0, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
@@ -29,7 +34,7 @@ TARGETS = torch.tensor([
 
 def test_best_anchor_assignment_by_hand():
     cfg = LossConfig(assign="best_anchor")
-    a = assign_targets(TARGETS, ANCHORS, [(4, 4), (8, 8)], (INPUT, INPUT), 2, cfg)
+    a = assign_targets(TARGETS, _geometry(ANCHORS, [(4, 4), (8, 8)], 2), cfg)
     got = sorted(zip(a.target.tolist(), a.scale.tolist(), a.anchor.tolist(), a.gy.tolist(), a.gx.tolist(),
                      strict=True))
     # cells: 0.30*4 = 1.2 -> gx 1, 0.40*4 = 1.6 -> gy 1; 0.70*8 -> 5, 0.20*8 -> 1; 0.55*8 = 4.4 -> 4.
@@ -40,7 +45,7 @@ def test_iou_threshold_assignment_adds_anchors_above_threshold():
     # Truth 2 (19.2 x 32): shape IoU with (20,30) = 576/(614.4+600-576) = 0.902; with (12,12) = 144/614.4
     # = 0.234 -> also responsible at threshold 0.213; (60,60), (100,40) are below.
     cfg = LossConfig(assign="iou_threshold", iou_thresh=0.213)
-    a = assign_targets(TARGETS[2:], ANCHORS, [(4, 4), (8, 8)], (INPUT, INPUT), 2, cfg)
+    a = assign_targets(TARGETS[2:], _geometry(ANCHORS, [(4, 4), (8, 8)], 2), cfg)
     assert sorted(zip(a.scale.tolist(), a.anchor.tolist(), strict=True)) == [(1, 0), (1, 1)]
 
 
@@ -48,7 +53,7 @@ def test_collision_keeps_best_fitting_truth():
     # Two truths with centres in one cell wanting the same anchor: the better shape fit keeps it.
     targets = torch.tensor([[0, 0, 0.30, 0.40, 0.40, 0.40], [0, 1, 0.31, 0.41, 0.47, 0.47]])
     cfg = LossConfig(assign="best_anchor")
-    a = assign_targets(targets, ANCHORS, [(4, 4), (8, 8)], (INPUT, INPUT), 1, cfg)
+    a = assign_targets(targets, _geometry(ANCHORS, [(4, 4), (8, 8)], 1), cfg)
     # 51.2 px: IoU with 60x60 = 2621/3600 = 0.728; 60.2 px: 3600/3624 = 0.993 -> truth 1 wins.
     assert a.target.tolist() == [1]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from yololab import keys
 from yololab.cli import app
 from yololab.config import build_config, save_config
 from yololab.loss import PRESETS, LossConfig, YoloLoss, aggregate, preset
@@ -29,6 +30,7 @@ def test_every_preset_passes_every_check(name):
 
 @pytest.mark.parametrize("overrides", [
     dict(label_smoothing=0.1),
+    dict(label_smoothing=0.1, label_smoothing_form="uniform"),
     dict(cls_loss="softmax_ce", label_smoothing=0.1),
     dict(cls_loss="mse_softmax", label_smoothing=0.1),
     dict(obj_target="iou", reduction="sum"),
@@ -74,17 +76,22 @@ def test_box_logits_flag_a_box_the_coder_cannot_reach():
 
 
 @pytest.mark.parametrize("cls_loss", ["bce", "softmax_ce", "mse_softmax"])
-def test_class_logits_minimise_the_smoothed_class_term(cls_loss):
+@pytest.mark.parametrize("form", ["half", "uniform"])
+def test_class_logits_minimise_the_smoothed_class_term(cls_loss, form):
     # Independent minimiser: L-BFGS with a line search on the class term itself, from zero logits.
     classes = torch.tensor([0, 2])
-    cfg = LossConfig(cls_loss=cls_loss, label_smoothing=0.2)
+    cfg = LossConfig(cls_loss=cls_loss, label_smoothing=0.2, label_smoothing_form=form)
+    # the smoothed targets as each reference writes them: ultralytics' 1 - eps/2, eps/2 or (1 - eps) + eps/C
+    eps_hot, eps_cold = (0.8 + 0.2 / 3, 0.2 / 3) if cfg.class_smoothing_form == "uniform" else (0.9, 0.1)
+    target = torch.full((2, 3), eps_cold, dtype=torch.float64)
+    target[torch.arange(2), classes] = eps_hot
     z = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([z], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-16,
                             line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        value = loss_terms.class_loss(z, classes, cls_loss, 0.2).sum()
+        value = loss_terms.class_loss(z, target, cls_loss).sum()
         value.backward()
         return value
 
@@ -115,7 +122,7 @@ def test_wrong_sign_xy_is_caught():
     # xy' = K - xy: finite, >= 0 and additive, but largest at the truth and rising toward it.
     def flip(raw, targets, out):
         for key in [k for k in out.terms if k.startswith("xy/")]:
-            n_pos = out.stats[f"n_pos/{key.split('/')[1]}"]
+            n_pos = out.stats[keys.key("n_pos", keys.parse(key)[1])]
             out.terms[key] = XY_MAX * n_pos / raw[0].shape[0] - out.terms[key]
 
     cfg = LossConfig(box_loss="mse", xy_loss="mse_sigmoid", small_box_weight="none", reduction="image_mean")

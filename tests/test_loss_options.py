@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yololab.loss import LossConfig, YoloLoss, assign_targets, preset
+from yololab.keys import parse
+from yololab.loss import Geometry, LossConfig, YoloLoss, assign_targets, preset
 from yololab.loss import terms as T
 
 ANCHORS = [torch.tensor([[116.0, 90.0], [156.0, 198.0], [373.0, 326.0]]),
@@ -20,6 +21,11 @@ STRIDES = [32, 16, 8]
 INPUT = 256
 GRIDS = [(INPUT // s, INPUT // s) for s in STRIDES]
 
+
+
+def _geometry(anchors, grids, batch):
+    """The batch geometry the loss builds: strides = input / grid."""
+    return Geometry.build(anchors, [INPUT // h for h, _ in grids], grids, batch, "cpu")
 
 def _raw(batch, classes, seed, scale=1.0):
     g = torch.Generator().manual_seed(seed)
@@ -69,6 +75,7 @@ def _seed002_compute_loss(yhat, label, anchors_px, strides, n_class, bbox_loss="
             xy_pd = torch.sigmoid(yhatii[batch_idx, anchor_idx, y_idx, x_idx, 0:2])
             wh_lb = label[label_idx, 3:5] * grid_size
             wh_pd = torch.exp(yhatii[batch_idx, anchor_idx, y_idx, x_idx, 2:4]) * anchors[anchor_idx, :]
+            wh_pd = wh_pd.clamp(0, grid_size.max())
             if bbox_loss == "mse":
                 loss_box += F.mse_loss(xy_pd, relxy_lb) + F.mse_loss(wh_pd, wh_lb) / 10
             else:
@@ -93,8 +100,8 @@ def test_scratch_ratio_reproduces_seed002_compute_loss(bbox_loss):
     seed_label = targets[:, [0, 2, 3, 4, 5, 1]]
     box, obj, cls = _seed002_compute_loss(raw, seed_label, ANCHORS, STRIDES, classes, bbox_loss)
     terms = breakdown.terms
-    ours_box = sum(v.item() for k, v in terms.items() if k.split("/")[0] in ("box", "xy", "wh"))
-    ours_obj = sum(v.item() for k, v in terms.items() if k.split("/")[0] in ("obj", "noobj"))
+    ours_box = sum(v.item() for k, v in terms.items() if parse(k)[0] in ("box", "xy", "wh"))
+    ours_obj = sum(v.item() for k, v in terms.items() if parse(k)[0] in ("obj", "noobj"))
     ours_cls = sum(v.item() for k, v in terms.items() if k.startswith("cls/"))
     assert ours_box == pytest.approx(box, rel=1e-4)
     assert ours_obj == pytest.approx(obj, rel=1e-4)
@@ -111,7 +118,7 @@ def test_best_pred_iou_picks_the_prediction_that_overlaps_most():
     offset = (0.5 + 4 / INPUT) * GRIDS[1][0] - gx
     raw[1][0, 1, gy, gx, :4] = torch.tensor([math.log(offset / (1 - offset))] * 2 + [math.log(60 / 62),
                                              math.log(50 / 45)])
-    a = assign_targets(target, ANCHORS, GRIDS, (INPUT, INPUT), 1, cfg, raw=raw, coder=YoloLoss(
+    a = assign_targets(target, _geometry(ANCHORS, GRIDS, 1), cfg, raw=raw, coder=YoloLoss(
         cfg, ANCHORS, STRIDES, 1).coder)
     assert (a.scale.tolist(), a.anchor.tolist(), a.gy.tolist(), a.gx.tolist()) == ([1], [1], [gy], [gx])
 
@@ -183,7 +190,7 @@ def test_ratio_rule_by_hand():
     # 9.3 > 4 (dropped). Every anchor of every scale is judged on its own.
     cfg = LossConfig(assign="ratio", anchor_t=4.0)
     target = torch.tensor([[0, 0, 0.5, 0.5, 40 / INPUT, 40 / INPUT]])
-    a = assign_targets(target, ANCHORS, GRIDS, (INPUT, INPUT), 1, cfg)
+    a = assign_targets(target, _geometry(ANCHORS, GRIDS, 1), cfg)
     all_anchors = torch.cat(ANCHORS)
     r = 40 / all_anchors
     expected = {i for i in range(9) if torch.maximum(r[i], 1 / r[i]).max() < 4}
@@ -196,7 +203,7 @@ def test_neighbour_cells_by_hand():
     # adds (6, 4); bottom half of y (0.8 > 0.5, 8 - 6.8 = 1.2 > 1) adds (7, 5).
     cfg = LossConfig(assign="ratio", neighbour_cells=True, coder="ultralytics", collisions="keep_all")
     target = torch.tensor([[0, 0, 5.3 / 8, 6.8 / 8, 300 / INPUT, 300 / INPUT]])
-    a = assign_targets(target, ANCHORS[:1], GRIDS[:1], (INPUT, INPUT), 1, cfg)
+    a = assign_targets(target, _geometry(ANCHORS[:1], GRIDS[:1], 1), cfg)
     cells = sorted(set(zip(a.gy.tolist(), a.gx.tolist(), strict=True)))
     assert cells == [(6, 4), (6, 5), (7, 5)]
 
@@ -230,10 +237,19 @@ def test_auto_pos_weight_is_seed002s():
 
 def test_softmax_class_losses_vanish_with_one_class():
     logits = torch.randn(5, 1)
-    classes = torch.zeros(5, dtype=torch.long)
-    assert T.class_loss(logits, classes, "softmax_ce", 0.0).abs().max() == 0
-    assert T.class_loss(logits, classes, "mse_softmax", 0.0).abs().max() == 0
-    assert T.class_loss(logits, classes, "bce", 0.0).min() > 0
+    target = T.class_targets(torch.zeros(5, dtype=torch.long), 1, 0.0, "half")
+    assert T.class_loss(logits, target, "softmax_ce").abs().max() == 0
+    assert T.class_loss(logits, target, "mse_softmax").abs().max() == 0
+    assert T.class_loss(logits, target, "bce").min() > 0
+
+
+def test_class_target_smoothing_forms():
+    """ultralytics' smooth_BCE: 1 - eps/2, eps/2; TF2-YOLOv3: (1 - eps) one-hot + eps/C (0.99 + 0.01/C)."""
+    classes = torch.tensor([2, 0])
+    half = T.class_targets(classes, 4, 0.1, "half")
+    uniform = T.class_targets(classes, 4, 0.01, "uniform")
+    assert torch.allclose(half, torch.tensor([[0.05, 0.05, 0.95, 0.05], [0.95, 0.05, 0.05, 0.05]]))
+    assert torch.allclose(uniform, torch.tensor([[0.0025, 0.0025, 0.9925, 0.0025], [0.9925, 0.0025, 0.0025, 0.0025]]))
 
 
 def test_bce_xy_gradient_is_darknets_delta():
@@ -251,10 +267,9 @@ def test_reductions_by_hand(reduction):
     targets = _targets(2, 2, classes, seed=12)
     summed = YoloLoss(preset("darknet", reduction="sum"), ANCHORS, STRIDES, classes)(raw, targets)
     reduced = YoloLoss(preset("darknet", reduction=reduction), ANCHORS, STRIDES, classes)(raw, targets)
-    n_pos = torch.bincount(summed.assignment[0], minlength=3).tolist()
+    n_pos = torch.bincount(summed.assignment.scale, minlength=3).tolist()
     for key, value in reduced.terms.items():
-        name, scale = key.split("/")
-        s = int(scale[1:])
+        name, s = parse(key)
         n_preds = 2 * 3 * GRIDS[s][0] * GRIDS[s][1]
         divisor = {
             "sum": 1,

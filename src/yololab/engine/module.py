@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from yololab import keys
 from yololab.config import RunConfig
 from yololab.engine.schedule import warmup_cosine
 from yololab.evaluate import coco_map, nms
@@ -25,7 +26,7 @@ from yololab.model.build import build_model
 from yololab.model.coder import decode_outputs
 
 COUNT_STATS = ("n_pos", "n_ignored")  # per-batch counts, averaged over batches
-NEGATIVE_STATS = ("obj_neg",)  # means over all non-responsible predictions: weighted by images
+NEGATIVE_STATS = ("obj_neg", "obj_all")  # means over (non-responsible or all) predictions: weighted by images
 
 
 class YoloModule(L.LightningModule):
@@ -85,10 +86,10 @@ class YoloModule(L.LightningModule):
         for key, value in br.unweighted.items():
             self.log(f"{split}/unweighted/{key}", value, **opts)
         n_scales = len(self.model.strides)
-        n_pos = torch.bincount(br.assignment[0], minlength=n_scales).tolist()
+        n_pos = torch.bincount(br.assignment.scale, minlength=n_scales).tolist()
         for key, value in br.stats.items():
-            name, scale = key.split("/")
-            weight = batch_size if name in COUNT_STATS + NEGATIVE_STATS else n_pos[int(scale[1:])]
+            name, scale = keys.parse(key)
+            weight = batch_size if name in COUNT_STATS + NEGATIVE_STATS else n_pos[scale]
             # Every process logs every key (DDP reduces them together); a stat without samples has weight 0.
             value = value if weight > 0 else torch.zeros_like(value)
             self.log(f"{split}/stat/{key}", value, **{**opts, "batch_size": weight})

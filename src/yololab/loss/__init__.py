@@ -4,7 +4,7 @@ config and the presets load without torch."""
 from yololab.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "assign": ["Assignment", "assign_targets"],
+    "assign": ["Assignment", "Geometry", "assign_targets"],
     "config": ["LossConfig"],
     "criterion": ["STATS", "TERMS", "LossBreakdown", "YoloLoss", "aggregate"],
     "presets": ["PRESETS", "preset"],

@@ -34,8 +34,10 @@ import torch
 from torch import Tensor
 
 from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
+from yololab.keys import parse
 from yololab.loss.config import LossConfig
 from yololab.loss.criterion import LossBreakdown, YoloLoss, aggregate
+from yololab.loss.terms import class_targets
 from yololab.model.coder import BoxCoder
 
 # ---- the synthetic batch
@@ -192,24 +194,20 @@ def box_logits(coder: BoxCoder, offset: Tensor, wh: Tensor, anchors: Tensor) -> 
 def class_logits(cfg: LossConfig, classes: Tensor, num_classes: int) -> Tensor:
     """Class logits [P, C] at the minimum of the class term for integer classes [P].
 
-    Without smoothing: +-BIG_LOGIT. With smoothing eps, the minimiser of each loss's own target: 'bce' matches
-    sigmoids to ultralytics' 1 - eps/2 and eps/2 (loss/terms.py); 'softmax_ce' matches the softmax to torch's
-    (1 - eps) one-hot + eps / C; 'mse_softmax' to the point of the probability simplex nearest its 1 - eps/2,
-    eps/2 target (the target shifted by a constant so it sums to 1).
+    Without smoothing: +-BIG_LOGIT. With smoothing, the minimiser of each loss against its own smoothed target
+    (``terms.class_targets`` in the config's form): 'bce' matches the sigmoids to the target; 'softmax_ce'
+    matches the softmax to its (uniform) target distribution; 'mse_softmax' goes to the point of the
+    probability simplex nearest its target (the target shifted by a constant so it sums to 1).
     """
-    one_hot = torch.nn.functional.one_hot(classes, num_classes).double()
-    eps = cfg.label_smoothing
-    if eps == 0:
+    if cfg.label_smoothing == 0:
+        one_hot = torch.nn.functional.one_hot(classes, num_classes).double()
         return ((2 * one_hot - 1) * BIG_LOGIT).float()
-    if cfg.cls_loss == "softmax_ce":
-        probs = (1 - eps) * one_hot + eps / num_classes
-    elif cfg.cls_loss == "mse_softmax":
-        target = one_hot * (1 - eps / 2) + (1 - one_hot) * eps / 2
-        probs = target + (1 - target.sum(-1, keepdim=True)) / num_classes
-    else:
-        probs = one_hot * (1 - eps / 2) + (1 - one_hot) * eps / 2
-        return (probs.log() - (-probs).log1p()).float()
-    return probs.log().float()
+    target = class_targets(classes, num_classes, cfg.label_smoothing, cfg.class_smoothing_form).double()
+    if cfg.cls_loss == "bce":
+        return (target.log() - (-target).log1p()).float()
+    if cfg.cls_loss == "mse_softmax":
+        target = target + (1 - target.sum(-1, keepdim=True)) / num_classes
+    return target.log().float()
 
 
 @dataclass(frozen=True)
@@ -316,8 +314,8 @@ def _values(terms: dict[str, Tensor]) -> dict[str, float]:
     return {key: float(value.detach()) for key, value in terms.items()}
 
 
-def _term(key: str) -> str:
-    return key.split("/")[0]
+def _term(text: str) -> str:
+    return parse(text)[0]
 
 
 def _fmt(terms: dict[str, float], keys: Sequence[str]) -> str:
@@ -439,7 +437,7 @@ def check_step_toward_truth(ctx: _Context) -> str:
         if group != "box":
             continue
         b_un, a_un = _values(before.unweighted), _values(after.unweighted)
-        box_keys = [k for k in b_un if _term(k) in BOX_TERMS and int(k.split("/s")[1]) in scales_with_positives]
+        box_keys = [k for k in b_un if _term(k) in BOX_TERMS and parse(k)[1] in scales_with_positives]
         if not box_keys:
             raise CheckFailed("no box term at the scales with positives")
         not_falling = [k for k in box_keys if not a_un[k] < b_un[k] * (1 - STRICT_RTOL)]
@@ -563,7 +561,7 @@ def check_empty_images(ctx: _Context) -> str:
     _require_finite(out, "truths in the last image only")
     out.total.backward()
     _require_finite_grad(raw, "truths in the last image only")
-    n_pos = len(out.assignment[0])
+    n_pos = len(out.assignment.scale)
     if not n_pos:
         raise CheckFailed(f"{int(last.sum())} truths in the last image gave no positives")
     return (f"no truths: only noobj non-zero ({noobj:.3g} unweighted); truths in one image of "

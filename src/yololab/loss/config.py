@@ -13,13 +13,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AssignRule = Literal["best_anchor", "iou_threshold", "ratio", "ratio_sum", "best_pred_iou"]
-Collisions = Literal["best_fit", "keep_all"]
+Collisions = Literal["best_fit", "keep_all", "last", "share"]
+AnchorCentre = Literal["truth", "cell"]
 BoxLoss = Literal["mse", "iou", "giou", "diou", "ciou"]
 XyLoss = Literal["mse_sigmoid", "mse_logit", "bce"]
-WhLoss = Literal["mse_log", "mse_linear"]
+WhLoss = Literal["mse_log", "half_mse_log", "mse_linear"]
 SmallBoxWeight = Literal["none", "linear", "squared"]
 ObjLoss = Literal["bce", "mse", "focal"]
-ObjTarget = Literal["one", "iou"]
+ObjTarget = Literal["one", "iou", "ciou"]
+IgnoreTruths = Literal["image", "scale"]
+IgnoreGrid = Literal["own", "responsible"]
+SmoothingForm = Literal["half", "uniform"]
+WeightScaling = Literal["none", "ultralytics"]
 ClsLoss = Literal["bce", "softmax_ce", "mse_softmax"]
 Reduction = Literal["sum", "image_mean", "mean", "elementwise_mean"]
 Aggregation = Literal["sum", "sqrt"]
@@ -47,7 +52,14 @@ class LossConfig(BaseModel):
         "'best_pred_iou': the scale and anchor whose current prediction at the truth's cell overlaps it most "
         "(seed 002 compute_loss2).",
     )
-    iou_thresh: float = Field(0.213, description="Shape-IoU threshold of 'iou_threshold' (darknet cfgs: 0.213).")
+    iou_thresh: float = Field(0.213, description="Shape-IoU threshold of 'iou_threshold' (darknet cfgs: 0.213; "
+                              "TF2-YOLOv3 0.3, dataset.py:272).")
+    anchor_iou_centre: AnchorCentre = Field(
+        "truth", description="Where the anchor sits when its IoU with a truth is taken for 'best_anchor' and "
+        "'iou_threshold': 'truth' = centred on the truth, a pure shape IoU (the paper, darknet yolo_layer.c:519-537, "
+        "keras-yolo3 generator.py:81-96); 'cell' = centred on the centre of the truth's cell at the anchor's scale, "
+        "so the IoU also depends on where the truth lies in its cell (TF2-YOLOv3 dataset.py:266-270).",
+    )
     anchor_t: float = Field(4.0, gt=1, description="Size-ratio limit of 'ratio' (ultralytics anchor_t 4.0).")
     ratio_sum_thresh: float = Field(2.0, gt=0, description="Limit of 'ratio_sum' (seed 002: 2, 'empirical').")
     neighbour_cells: bool = Field(
@@ -55,8 +67,13 @@ class LossConfig(BaseModel):
         "0.5 offsets). Their targets lie outside (0, 1) cells, so this needs the 'ultralytics' or 'scaled' coder.",
     )
     collisions: Collisions = Field(
-        "best_fit", description="Two truths on one anchor of one cell: 'best_fit' keeps the truth with the higher "
-        "anchor shape IoU (ties: the first listed); 'keep_all' keeps every pair (ultralytics).",
+        "best_fit", description="Two truths on one anchor of one cell (a slot). 'best_fit': the truth with the "
+        "higher anchor shape IoU keeps the slot (ties: the first listed). 'keep_all': every pair trains the box and "
+        "class terms, and the objectness target is the last pair's (ultralytics loss.py:143, seed 002 lines 66, "
+        "84). 'last': the later truth in target order overwrites the slot, the earlier one trains nothing there "
+        "(keras-yolo3 generator.py:119-122, TF2-YOLOv3 dataset.py:277-280). 'share': every truth trains the slot's "
+        "box (darknet's deltas add up, yolo_layer.c:209-212) and the slot's class target holds every truth's "
+        "class once (delta_yolo_class, yolo_layer.c:311-320); objectness is trained once.",
     )
 
     # ---- box terms
@@ -75,8 +92,15 @@ class LossConfig(BaseModel):
     )
     wh_loss: WhLoss = Field(
         "mse_log",
-        description="wh term of box_loss='mse'. 'mse_log': squared error of log(w/anchor) (darknet, keras-yolo3, "
-        "the paper). 'mse_linear': squared error of w, h in grid cells (seed 002, with wh_weight 0.1).",
+        description="wh term of box_loss='mse'. 'mse_log': squared error of log(w/anchor) (keras-yolo3, the paper). "
+        "'half_mse_log': half of it, the loss whose gradient is darknet's wh delta scale * (t - tw) "
+        "(yolo_layer.c:195-196, 211-212). 'mse_linear': squared error of w, h in grid cells (seed 002, with "
+        "wh_weight 0.1).",
+    )
+    clamp_pred_wh_to_grid: bool = Field(
+        False, description="Clamp the decoded width and height of responsible predictions to the grid's size "
+        "before the box terms and the IoU objectness target (seed 002 compute_loss: wh_pd.clamp(0, "
+        "grid_size.max()) in grid cells); beyond it their gradient is 0.",
     )
     small_box_weight: SmallBoxWeight = Field(
         "linear",
@@ -91,10 +115,14 @@ class LossConfig(BaseModel):
         "sigmoid (keras-yolo3); 'focal' = BCE x alpha_t x (1 - p_t)^gamma (Lin et al. 2017).",
     )
     focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (RetinaNet 2.0; ultralytics fl_gamma 1.5).")
-    focal_alpha: float = Field(0.25, gt=0, lt=1, description="Focal loss alpha for positives (RetinaNet 0.25).")
+    focal_alpha: float | None = Field(
+        0.25, gt=0, lt=1, description="Focal loss alpha for positives (RetinaNet 0.25). None: no alpha weighting, "
+        "the plain factor (target - p)^gamma on both parts (TF2-YOLOv3 yolov3.py:350-358, gamma 2).",
+    )
     obj_target: ObjTarget = Field(
-        "one", description="Objectness target at responsible predictions: 'one' (paper, darknet, keras-yolo3) or "
-        "'iou' = the detached, clamped IoU of the prediction with its truth (ultralytics, seed 002 option).",
+        "one", description="Objectness target at responsible predictions: 'one' (paper, darknet, keras-yolo3); "
+        "'iou' = the detached IoU of the prediction with its truth (seed 002 obj_label='iou'); 'ciou' = the "
+        "detached CIoU clamped at 0 (ultralytics loss.py:135-143, gr = 1).",
     )
     obj_iou_mix: float = Field(
         1.0, ge=0, le=1, description="With obj_target='iou': target = (1 - mix) + mix * IoU (ultralytics 'gr', 1.0).",
@@ -109,6 +137,20 @@ class LossConfig(BaseModel):
         "truth of the image get no noobj loss (darknet yolov3.cfg 0.7, paper and keras-yolo3 0.5). 1.0 "
         "disables ignoring (ultralytics, seed 002).",
     )
+    ignore_truths: IgnoreTruths = Field(
+        "image", description="Truths the ignore test compares with: 'image' = every truth of the image (darknet, "
+        "keras-yolo3); 'scale' = only the truths assigned at that scale (TF2-YOLOv3 dataset.py:282-284, 299-301).",
+    )
+    ignore_truth_grid: IgnoreGrid = Field(
+        "own", description="'own': truth centres in consistent units. 'responsible' reproduces a BUG of "
+        "keras-yolo3 (generator.py:100-103, yolo.py:79): the ignore test at every scale reads the truth centres in "
+        "the grid units of the scale the truth is assigned to, so at the other scales they sit 2x or 4x off. "
+        "Only the keras-yolo3 preset sets it.",
+    )
+    ignore_min_class_prob: float = Field(
+        0.0, ge=0, lt=1, description="A prediction is ignored only when also some class probability exceeds "
+        "this (darknet compare_yolo_class with 0.25, yolo_layer.c:356-366, 439-446); 0 = no class condition.",
+    )
 
     # ---- classes
     cls_loss: ClsLoss = Field(
@@ -116,11 +158,21 @@ class LossConfig(BaseModel):
         "'softmax_ce': softmax cross-entropy (keras-yolo3), identically 0 with one class; 'mse_softmax': squared "
         "error of the softmax against the one-hot truth (seed 003), also 0 with one class.",
     )
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Class label smoothing epsilon.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Class label smoothing epsilon (TF2-YOLOv3 "
+                                   "0.01, dataset.py:254-258).")
+    label_smoothing_form: SmoothingForm = Field(
+        "half", description="Smoothed BCE class targets: 'half' = 1 - eps/2 and eps/2 (ultralytics smooth_BCE); "
+        "'uniform' = (1 - eps) one-hot + eps/C (TF2-YOLOv3). softmax_ce always uses the uniform form.",
+    )
+    single_class_loss: bool = Field(
+        True, description="Whether the class term exists with one class. False: no class term when C = 1 "
+        "(ultralytics loss.py:146).",
+    )
 
     # ---- weights
-    xy_weight: float = Field(1.0, ge=0, description="Weight of the xy term (box_loss='mse').")
-    wh_weight: float = Field(1.0, ge=0, description="Weight of the wh term (box_loss='mse').")
+    xy_weight: float = Field(1.0, ge=0, description="Weight of the xy term (box_loss='mse'; darknet's "
+                             "iou_normalizer 0.75, parser.c:469, yolo_layer.c:209-212).")
+    wh_weight: float = Field(1.0, ge=0, description="Weight of the wh term (box_loss='mse'; darknet 0.75 as xy).")
     box_weight: float = Field(1.0, ge=0, description="Weight of the box term (IoU-family box losses).")
     obj_weight: float = Field(1.0, ge=0, description="Weight of objectness at responsible predictions (conf1).")
     noobj_weight: float = Field(1.0, ge=0, description="Weight of objectness elsewhere (conf2).")
@@ -134,6 +186,10 @@ class LossConfig(BaseModel):
     scale_weight_terms: list[TermName] = Field(
         ["obj", "noobj"], description="Terms multiplied by scale_weights (ultralytics balances objectness only).",
     )
+    weight_scaling: WeightScaling = Field(
+        "none", description="'ultralytics': train.py's scaling of the weights (train.py:248-250): box x 3/nl, cls x "
+        "nc/80 x 3/nl, obj and noobj x (imgsz/640)^2 x 3/nl, nl = scales, nc = classes, imgsz = input width.",
+    )
 
     # ---- reduction and aggregation
     reduction: Reduction = Field(
@@ -146,7 +202,8 @@ class LossConfig(BaseModel):
     )
     aggregation: Aggregation = Field(
         "sum", description="How terms make the total: 'sum', or 'sqrt' = sum over scales of the square root of "
-        "that scale's summed terms (keras-yolo3's `tf.sqrt(tf.reduce_sum(loss))` per scale).",
+        "that scale's summed terms (keras-yolo3's `tf.sqrt(tf.reduce_sum(loss))` per scale, yolo.py:366-367; "
+        "with reduction 'sum' the batch sum sits inside the root).",
     )
 
     # ---- warm-up
@@ -155,6 +212,11 @@ class LossConfig(BaseModel):
         description="Anchor-prior warm-up (keras-yolo3 warmup_batches): during the first N training batches, "
         "predictions without a truth are also pulled to their cell centre and anchor size by the box terms.",
     )
+
+    @property
+    def class_smoothing_form(self) -> SmoothingForm:
+        """The smoothing form the class term uses: softmax_ce needs a distribution, so always 'uniform'."""
+        return "uniform" if self.cls_loss == "softmax_ce" else self.label_smoothing_form
 
     @model_validator(mode="after")
     def _compatible(self) -> LossConfig:
