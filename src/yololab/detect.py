@@ -101,6 +101,7 @@ class Detector:
     device: torch.device
     checkpoint: Path
     conf_source: str = ""
+    weights_note: str = ""  # which checkpoint and why (resolve_checkpoint's sentence)
 
     @torch.no_grad()
     def predict(self, images: str | Path | np.ndarray | Sequence[str | Path | np.ndarray], conf: float | None = None,
@@ -154,16 +155,16 @@ def load(run: str | Path, weights: str = "best", device: str = "cpu", conf: floa
     """
     from yololab.engine.module import YoloModule
 
-    checkpoint, _ = resolve_checkpoint(Path(run), weights)
+    checkpoint, weights_note = resolve_checkpoint(Path(run), weights)
     dev = resolve_device(device)
     module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu")
     model = module.model.eval().to(dev)
-    conf_source = "given"
+    conf_source = "given with --conf"
     if conf is None:
         conf, conf_source = recorded_conf(run_folder_of(checkpoint))
     return Detector(model=model, coder=module.loss.coder, names=module.names, channels=module.model.channels,
                     imgsz=imgsz or module.cfg.data.imgsz, conf=conf, iou=iou, max_det=module.cfg.train.max_det,
-                    device=dev, checkpoint=checkpoint, conf_source=conf_source)
+                    device=dev, checkpoint=checkpoint, conf_source=conf_source, weights_note=weights_note)
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -188,6 +189,23 @@ def list_sources(sources: Iterable[str | Path]) -> list[Path]:
         else:
             raise DetectError(f"{source}: no such file or folder")
     return found
+
+
+def output_names(sources: Sequence[Path]) -> dict[Path, str]:
+    """A distinct output stem per source: the file's stem, prefixed by its folder's name (then a number) when
+    two sources share a stem (``val/0001.png`` and ``test/0001.png``)."""
+    taken: set[str] = set()
+    names: dict[Path, str] = {}
+    for path in sources:
+        name, number = path.stem, 1
+        if name in taken:
+            name = f"{path.parent.name}_{path.stem}"
+        while name in taken:
+            number += 1
+            name = f"{path.parent.name}_{path.stem}_{number}"
+        taken.add(name)
+        names[path] = name
+    return names
 
 
 def is_video(path: Path) -> bool:
@@ -294,6 +312,7 @@ def detect_sources(detector: Detector, sources: Sequence[Path], out: Path, conf:
     drawn), ``out/detections.json`` (per image or frame) and ``out/coco_results.json``."""
     out.mkdir(parents=True, exist_ok=True)
     results, written, n_frames = _Results(detector.names), [], 0
+    stems = output_names(sources)
     images = [p for p in sources if not is_video(p)]
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
@@ -301,19 +320,21 @@ def detect_sources(detector: Detector, sources: Sequence[Path], out: Path, conf:
         for path, image, det in zip(chunk, arrays, detector.predict(arrays, conf, iou, batch), strict=True):
             results.add(path, image, det.numpy())
             if save_images:
-                target = out / f"{path.stem}.png"
+                target = out / f"{stems[path]}.png"
                 draw(image, det.numpy(), detector.names).save(target)
                 written.append(target)
     for path in (p for p in sources if is_video(p)):
-        n_frames += _detect_video(detector, path, out, results, written, conf, iou, batch, save_images)
+        target = out / f"{stems[path]}.mp4" if save_images else None
+        n_frames += _detect_video(detector, path, target, results, written, conf, iou, batch)
     results.write(out)
     return DetectSummary(len(images), n_frames, sum(len(r["detections"]) for r in results.records), written)
 
 
-def _detect_video(detector: Detector, path: Path, out: Path, results: _Results, written: list[Path],
-                  conf: float | None, iou: float | None, batch: int, save_images: bool) -> int:
+def _detect_video(detector: Detector, path: Path, target: Path | None, results: _Results, written: list[Path],
+                  conf: float | None, iou: float | None, batch: int) -> int:
+    """Detections of every frame of ``path``, drawn into the MP4 ``target`` (None: no video written)."""
     frames, rate = read_video(path, detector.channels)
-    writer = VideoWriter(out / f"{path.stem}.mp4", rate) if save_images else None
+    writer = VideoWriter(target, rate) if target is not None else None
     count = 0
     try:
         chunk: list[np.ndarray] = []
@@ -330,7 +351,7 @@ def _detect_video(detector: Detector, path: Path, out: Path, results: _Results, 
     finally:
         if writer is not None:
             writer.close()
-            written.append(out / f"{path.stem}.mp4")
+            written.append(target)
     if count == 0:
         raise DetectError(f"{path}: the video has no frames")
     return count

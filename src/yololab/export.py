@@ -18,6 +18,7 @@ the PyTorch model and yololab's own decoding and NMS, and the largest absolute d
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,16 @@ def export_model(model: nn.Module, coder: BoxCoder, path: Path, fmt: str, imgsz:
     decoded = DecodedModel(model, coder).eval()
     example = torch.zeros(CHECK_IMAGES, model.channels, imgsz, imgsz)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # Tracing warns at every Python-level shape check of the model: the input size is fixed by design.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        _export(decoded, example, path, fmt, with_nms, conf_thres, iou_thres, max_det)
+    return path
+
+
+def _export(decoded: DecodedModel, example: Tensor, path: Path, fmt: str, with_nms: bool, conf_thres: float,
+            iou_thres: float, max_det: int) -> None:
     if fmt == "torchscript":
         with torch.no_grad():
             if with_nms:
@@ -136,11 +147,10 @@ def export_model(model: nn.Module, coder: BoxCoder, path: Path, fmt: str, imgsz:
             else:
                 scripted = torch.jit.trace(decoded, example)
         scripted.save(str(path))
-        return path
+        return
     _export_onnx(NmsInputs(decoded).eval() if with_nms else decoded, example, path, with_nms)
     if with_nms:
         _append_onnx_nms(path, conf_thres, iou_thres, max_det)
-    return path
 
 
 def _export_onnx(module: nn.Module, example: Tensor, path: Path, with_nms: bool) -> None:

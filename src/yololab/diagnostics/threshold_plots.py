@@ -50,9 +50,11 @@ def f1_figure(analysis: dict[str, Any]) -> Figure:
     for name, row in analysis["per_class"].items():
         if row["n_truths"]:
             ax.plot(analysis["conf"], row["f1"], lw=CLASS_LINE_WIDTH, alpha=CLASS_ALPHA, label=str(name))
+    best = analysis["best_conf"]
     ax.plot(analysis["conf"], analysis["f1"], color="black", lw=MEAN_LINE_WIDTH,
-            label=f"mean: {analysis['best_f1']:.3f} at {analysis['best_conf']:.2f}")
-    ax.axvline(analysis["best_conf"], color="black", ls=":")
+            label=f"mean: {analysis['best_f1']:.3f} at {best:.2f}" if best is not None else "mean: 0 everywhere")
+    if best is not None:
+        ax.axvline(best, color="black", ls=":")
     ax.set(xlabel="confidence (score > threshold)", ylabel="F1", xlim=(0, 1), ylim=(0, 1.02),
            title="F1 against confidence")
     _small_legend(ax)
@@ -102,10 +104,15 @@ def thresholds_section(run_dir: str | Path) -> tuple[str, str, str]:
     stored = json.loads(path.read_text())
     split = chosen_split(stored)
     analysis = stored[split]
-    text = (f"<p>On the {html.escape(split)} split, at IoU {analysis['iou']}: mean F1 over classes peaks at "
-            f"<b>{analysis['best_f1']:.3f}</b> at confidence <b>{analysis['best_conf']:.2f}</b>, the default of "
-            "<code>yololab detect</code> for this run (<code>--conf</code> overrides it). Other splits recorded: "
-            f"{html.escape(', '.join(s for s in stored if s != split) or 'none')}.</p>")
+    others = html.escape(", ".join(s for s in stored if s != split) or "none")
+    if analysis["best_conf"] is None:
+        text = (f"<p>On the {html.escape(split)} split F1 is 0 at every confidence: the model finds nothing at "
+                f"IoU {analysis['iou']}, so no threshold is recorded. Other splits recorded: {others}.</p>")
+    else:
+        text = (f"<p>On the {html.escape(split)} split, at IoU {analysis['iou']}: mean F1 over classes peaks at "
+                f"<b>{analysis['best_f1']:.3f}</b> at confidence <b>{analysis['best_conf']:.2f}</b>, the default "
+                "of <code>yololab detect</code> for this run (<code>--conf</code> overrides it). Other splits "
+                f"recorded: {others}.</p>")
     images = "".join(f'<img alt="{alt}" src="{data_uri(make(analysis))}">' for alt, make in
                      (("precision-recall", pr_figure), ("F1 against confidence", f1_figure),
                       ("confusion matrix", confusion_figure)))

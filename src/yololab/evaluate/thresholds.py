@@ -63,6 +63,9 @@ def threshold_analysis(dets: Sequence[Any], truths: Sequence[Any], names: Sequen
                        max_dets: int = DEFAULT_MAX_DETS) -> dict[str, Any]:
     """PR curves, F1 against confidence, the best-F1 confidence and the confusion matrix there.
 
+    ``best_conf`` is None when F1 is 0 at every confidence (the confusion matrix is then at
+    DEFAULT_DETECT_CONF).
+
     Returns ``{"iou", "conf", "f1", "precision", "recall", "best_conf", "best_f1", "per_class":
     {name: {"n_truths", "f1", "precision", "recall", "pr_recall", "pr_precision"}}, "confusion":
     {"conf", "labels", "matrix"}}``; curves are lists over ``conf`` (CONF_STEPS values), the confusion matrix
@@ -93,14 +96,17 @@ def threshold_analysis(dets: Sequence[Any], truths: Sequence[Any], names: Sequen
             r_rows.append(recall)
     mean_f1 = np.mean(f1_rows, axis=0) if f1_rows else np.zeros_like(conf)
     best = _plateau_middle(mean_f1)
-    best_conf = float(conf[best])
+    # F1 0 at every confidence (nothing found): no threshold is better than another, none is recorded.
+    best_conf = float(conf[best]) if mean_f1[best] > 0 else None
+    confusion_conf = DEFAULT_DETECT_CONF if best_conf is None else best_conf
     return {
         "iou": MATCH_IOU, "conf": conf.tolist(), "f1": mean_f1.tolist(),
         "precision": (np.mean(p_rows, axis=0) if p_rows else np.zeros_like(conf)).tolist(),
         "recall": (np.mean(r_rows, axis=0) if r_rows else np.zeros_like(conf)).tolist(),
         "best_conf": best_conf, "best_f1": float(mean_f1[best]), "per_class": per_class,
-        "confusion": {"conf": best_conf, "labels": [*map(str, names), "background"],
-                      "matrix": confusion_matrix(det_arrays, truth_arrays, matches, num_classes, best_conf).tolist()},
+        "confusion": {"conf": confusion_conf, "labels": [*map(str, names), "background"],
+                      "matrix": confusion_matrix(det_arrays, truth_arrays, matches, num_classes,
+                                                 confusion_conf).tolist()},
     }
 
 
@@ -203,7 +209,7 @@ def recorded_conf(run_dir: Path | None) -> tuple[float, str]:
     if path is not None and path.is_file():
         stored = json.loads(path.read_text())
         for split in CONF_SPLIT_ORDER:
-            if split in stored:
+            if stored.get(split, {}).get("best_conf") is not None:
                 entry = stored[split]
                 return float(entry["best_conf"]), (f"best-F1 confidence on {split} (F1 {entry['best_f1']:.3f}, "
                                                    f"{path})")
