@@ -18,6 +18,7 @@ from yololab.commands.config_reference import config_command
 from yololab.commands.convert import convert_command
 from yololab.commands.data_tools import check_command, make_sparse_command, split_command, stats_command
 from yololab.commands.doctor import doctor_command
+from yololab.commands.inference import detect_command, eval_command, evaluate_run, export_command
 from yololab.commands.preview import preview_command
 from yololab.commands.report import compare_command, report_command
 from yololab.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, load_config
@@ -161,76 +162,10 @@ def train(
     console.print(_summary_table("training finished", rows))
 
 
-# ------------------------------------------------------------------------------------------------ eval
-def _checkpoint_of(run_or_ckpt: Path) -> Path:
-    if run_or_ckpt.is_file():
-        return run_or_ckpt
-    for name in ("best.ckpt", "last.ckpt"):
-        path = run_or_ckpt / "checkpoints" / name
-        if path.exists():
-            return path
-    raise FileNotFoundError(f"{run_or_ckpt}: no checkpoint file and no checkpoints/best.ckpt or last.ckpt")
-
-
-def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, imgsz: int | None) -> dict:
-    """COCO metrics of a checkpoint on a split of a dataset (default: the run's own dataset)."""
-    from yololab.engine.datamodule import YoloDataModule
-    from yololab.engine.module import YoloModule
-    from yololab.evaluate.runner import evaluate_loader
-
-    module = YoloModule.load_from_checkpoint(_checkpoint_of(run_or_ckpt), map_location="cpu")
-    cfg = module.cfg
-    data_yaml = data or Path(cfg.data.data or "")
-    dm = YoloDataModule(data_yaml, imgsz or cfg.data.imgsz, batch, cfg.data.workers,
-                        channels=module.model.channels)
-    dm.validate((split,))
-    return evaluate_loader(module.model, dm.loader(split), module.loss.coder, module.names,
-                           cfg.train.conf_thres, cfg.train.iou_thres, cfg.train.max_det)
-
-
-@app.command("eval")
-def eval_(
-    run: Annotated[Path, typer.Argument(help="Run folder or .ckpt file.")],
-    data: Annotated[Path | None, typer.Option("--data", help="data.yaml (default: the run's).")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
-    batch: Annotated[int, typer.Option()] = 16,
-    imgsz: Annotated[int | None, typer.Option(help="Input size (default: the run's).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
-) -> None:
-    """COCO mAP@0.5 and mAP@0.5:0.95, per class, of a trained run on a whole split.
-
-    Example: yololab eval runs/demo --split test
-    """
-    result = evaluate_run(run, data, split, batch, imgsz)
-    table = Table(title=f"{run} on {split}: mAP@0.5 {result['mAP50']:.4f}  mAP@0.5:0.95 {result['mAP50_95']:.4f}")
-    for col in ("class", "AP50", "AP50_95", "truths"):
-        table.add_column(col)
-    for cls, row in result["per_class"].items():
-        table.add_row(str(cls), f"{row['AP50']:.4f}", f"{row['AP50_95']:.4f}", str(row["n_truths"]))
-    console.print(table)
-    if out:
-        out.write_text(json.dumps(result, indent=2))
-
-
-# ------------------------------------------------------------------------------------------------ detect
-@app.command()
-def detect(
-    run: Annotated[Path, typer.Argument(help="Run folder or .ckpt file.")],
-    sources: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
-    out: Annotated[Path, typer.Option(help="Output folder for drawn PNGs and detections.json.")] = Path(
-        "runs/detect"),
-    conf: Annotated[float, typer.Option(help="Score threshold.")] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
-    imgsz: Annotated[int | None, typer.Option(help="Input size (default: the run's).")] = None,
-) -> None:
-    """Detect objects in images: boxes drawn to PNG, and a JSON of detections in image pixels.
-
-    Example: yololab detect runs/demo data/digits/images/test --out runs/detect
-    """
-    from yololab.detect import detect_images
-
-    written = detect_images(_checkpoint_of(run), sources, out, conf, iou, imgsz)
-    console.print(f"{len(written)} images -> {out} (detections.json)")
+# ------------------------------------------------------------------------------------------------ eval, detect, export
+app.command("eval")(eval_command)
+app.command("detect")(detect_command)
+app.command("export")(export_command)
 
 
 # ------------------------------------------------------------------------------------------------ demo

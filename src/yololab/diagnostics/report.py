@@ -18,6 +18,7 @@ import yaml
 
 from yololab.diagnostics import plots
 from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl
+from yololab.diagnostics.threshold_plots import thresholds_section
 from yololab.errors import FileProblem
 
 REPORT_NAME = "report.html"
@@ -270,6 +271,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         ("histograms", "Validation histograms", _img(plots.histogram_grid([(run.label, run.histograms)]),
                                                       "histograms")),
         ("map", "Validation mAP", _img(plots.map_plot(curves), "mAP")),
+        thresholds_section(run.path),
         ("anchors", "Anchor fit", _anchor_fit(run.anchor_fit)),
     ]
     path.write_text(_page(f"yololab report: {run.name}", sections), encoding="utf-8")

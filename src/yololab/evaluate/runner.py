@@ -37,6 +37,26 @@ def truths_in_pixels(targets: Tensor, batch_size: int, input_hw: tuple[int, int]
     return out
 
 
+def collect_predictions(
+    model: nn.Module,
+    loader: DataLoader,
+    coder: BoxCoder,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 100,
+    device: str | torch.device = "cpu",
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Detections ``[K, 6]`` and truths ``[M, 5]`` (input pixels, CPU) of every image of ``loader``."""
+    model.eval().to(device)
+    dets: list[Tensor] = []
+    truths: list[Tensor] = []
+    for images, targets, _ in loader:
+        images = images.to(device)
+        dets.extend(d.cpu() for d in predict(model, images, coder, conf_thres, iou_thres, max_det))
+        truths.extend(truths_in_pixels(targets, len(images), tuple(images.shape[-2:])))
+    return dets, truths
+
+
 def evaluate_loader(
     model: nn.Module,
     loader: DataLoader,
@@ -48,11 +68,5 @@ def evaluate_loader(
     device: str | torch.device = "cpu",
 ) -> dict:
     """COCO mAP of ``model`` over every image of ``loader`` (the whole split, not a sample)."""
-    model.eval().to(device)
-    dets: list[Tensor] = []
-    truths: list[Tensor] = []
-    for images, targets, _ in loader:
-        images = images.to(device)
-        dets.extend(d.cpu() for d in predict(model, images, coder, conf_thres, iou_thres, max_det))
-        truths.extend(truths_in_pixels(targets, len(images), tuple(images.shape[-2:])))
+    dets, truths = collect_predictions(model, loader, coder, conf_thres, iou_thres, max_det, device)
     return coco_map(dets, truths, num_classes=len(names), names=names)
