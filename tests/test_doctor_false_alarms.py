@@ -5,8 +5,8 @@ it, the history that must still trigger the rule. Values are shaped like those r
 from __future__ import annotations
 
 import pytest
-from test_doctor import EPOCHS, HEALTHY_FIT, SCALES, healthy_rows, only, set_values
 
+from test_doctor import EPOCHS, HEALTHY_FIT, SCALES, healthy_rows, only, set_values
 from yololab.diagnostics import DoctorConfig, diagnose
 
 ALL = range(EPOCHS)
@@ -256,11 +256,15 @@ def test_targets_not_found_clears_once_the_scale_localises():
 # --------------------------------------------------------------------------------------------- stale batch norm
 
 
-def _bn_check(rows: list[dict], ratios: dict[int, float]) -> list[dict]:
+def _bn_check(rows: list[dict], ratios: dict[int, float], obj_ratios: dict[int, float] | None = None) -> list[dict]:
+    """The val rows' batch-norm check: loss with running statistics ``ratios[e]`` x the one with batch
+    statistics, objectness at true objects with batch statistics ``obj_ratios[e]`` x the one with running."""
     for row in rows:
         if row["split"] == "val":
-            row["bn_check/loss_batch"] = 10.0
-            row["bn_check/loss_running"] = 10.0 * ratios.get(row["epoch"], 1.0)
+            e = row["epoch"]
+            row["bn_check/loss_batch"], row["bn_check/loss_running"] = 10.0, 10.0 * ratios.get(e, 1.0)
+            row["bn_check/obj_pos_running"] = 0.02
+            row["bn_check/obj_pos_batch"] = 0.02 * (obj_ratios or {}).get(e, 1.0)
     return rows
 
 
@@ -273,7 +277,7 @@ def test_stale_batch_norm_holds_back_what_reads_validation():
     findings = diagnose(rows, HEALTHY_FIT)
     assert [f.rule for f in findings] == ["stale_batch_norm"]
     assert findings[0].severity == "warning" and "not trustworthy yet" in findings[0].message
-    assert "targets_not_found" in findings[0].message and findings[0].numbers["worst_ratio"] == 6.0
+    assert "targets_not_found" in findings[0].message and findings[0].numbers["loss_ratio"] == 6.0
 
 
 def test_stale_epochs_are_left_out_once_validation_agrees():
@@ -286,11 +290,20 @@ def test_stale_epochs_are_left_out_once_validation_agrees():
                                                                              [0, 1, 2, 3])]
 
 
+def test_stale_batch_norm_read_from_objectness_when_the_losses_agree():
+    # the lagging digits run at epoch 0: losses within 7 %, objectness at true objects 16x lower
+    rows = _bn_check(healthy_rows(), {e: 1.07 for e in ALL}, {e: 16.0 for e in ALL})
+    (f,) = diagnose(rows, HEALTHY_FIT)
+    assert (f.rule, f.severity, f.numbers["obj_pos_ratio"]) == ("stale_batch_norm", "warning", 16.0)
+    assert "16x lower with batch norm's running statistics" in f.message
+
+
 def test_validation_rules_still_fire_when_batch_norm_agrees():
-    rows = _bn_check(_misencoded(), {e: 1.1 for e in ALL})
+    rows = _bn_check(_misencoded(), {e: 1.1 for e in ALL}, {e: 1.3 for e in ALL})
     assert [f.scale for f in only(diagnose(rows, HEALTHY_FIT), "targets_not_found")] == [0, 1, 2]
     assert only(diagnose(rows, HEALTHY_FIT), "stale_batch_norm") == []
-    assert len(only(diagnose(rows, HEALTHY_FIT, DoctorConfig(bn_stale_ratio=1.05)), "stale_batch_norm")) == 1
+    assert len(only(diagnose(rows, HEALTHY_FIT, DoctorConfig(bn_loss_ratio=1.05)), "stale_batch_norm")) == 1
+    assert len(only(diagnose(rows, HEALTHY_FIT, DoctorConfig(bn_obj_ratio=1.2)), "stale_batch_norm")) == 1
 
 
 def test_no_message_speaks_of_a_half_confidence_threshold():

@@ -134,11 +134,14 @@ class DoctorConfig(BaseModel):
     collapse_min_map: float = Field(
         0.005, ge=0, description="Collapse after warm-up: mAP50 at the end of warm-up below this is noise, "
         "not a level that can collapse (the 140-photo run fell 0.010 -> 0.003).")
-    bn_stale_ratio: float = Field(
-        1.5, gt=1, description="Stale batch norm: validation not trusted while the loss on the first validation "
-        "batch with running statistics is above this factor times the loss with that batch's own statistics "
-        "(measured in docs/diagnostics.md: ratios of 3-10 while running statistics lagged, 0.9-1.2 with "
-        "precise BN).")
+    bn_loss_ratio: float = Field(
+        1.5, gt=1, description="Stale batch norm: validation not trusted while, on the first validation batch, "
+        "the loss with the running statistics is above this factor times the loss with the batch's own "
+        "statistics (docs/diagnostics.md, 'Batch-norm statistics').")
+    bn_obj_ratio: float = Field(
+        2.0, gt=1, description="Stale batch norm: ... or the objectness at true objects with the batch's own "
+        "statistics above this factor times the one with the running statistics (the lagging digits run: "
+        "16x at epoch 0 while the losses differed by 7%).")
     diverged_iou_share: float = Field(
         0.25, gt=0, lt=1, description="Diverged optimiser: IoU of responsible predictions below this share of "
         "iou_prior (the anchors alone): the boxes were pushed away from even the anchors' guess (a learning "
@@ -771,12 +774,24 @@ def rule_diverged_optimiser(ctx: Context) -> list[Finding]:
     )]
 
 
+def bn_disagreement(row: dict) -> dict[str, float]:
+    """From a val row's batch-norm check: ``loss`` = loss with running / with batch statistics, ``obj_pos`` =
+    objectness at true objects with batch / with running statistics (each > 1 when the running ones are
+    worse); a ratio whose values were not logged (or would divide by 0) is left out."""
+    out = {}
+    pairs = {"loss": ("bn_check/loss_running", "bn_check/loss_batch"),
+             "obj_pos": ("bn_check/obj_pos_batch", "bn_check/obj_pos_running")}
+    for name, (top, bottom) in pairs.items():
+        if row.get(top) is not None and row.get(bottom):
+            out[name] = row[top] / row[bottom]
+    return out
+
+
 def stale_epochs(val: list[dict], cfg: DoctorConfig) -> list[int]:
-    """Epochs whose validation batch-norm check (``bn_check/loss_running`` / ``bn_check/loss_batch``) exceeds
-    ``bn_stale_ratio``: the running statistics do not fit the weights, so neither do the validation numbers."""
-    return [row["epoch"] for row in val
-            if (run := row.get("bn_check/loss_running")) is not None and (bat := row.get("bn_check/loss_batch"))
-            and run > cfg.bn_stale_ratio * bat]
+    """Epochs whose validation batch-norm check disagrees strongly (``bn_loss_ratio``, ``bn_obj_ratio``): the
+    running statistics do not fit the weights, so neither do the validation numbers."""
+    limits = {"loss": cfg.bn_loss_ratio, "obj_pos": cfg.bn_obj_ratio}
+    return [row["epoch"] for row in val if any(r > limits[k] for k, r in bn_disagreement(row).items())]
 
 
 def stale_batch_norm_finding(ctx: Context, stale: list[int]) -> Finding:
@@ -784,14 +799,18 @@ def stale_batch_norm_finding(ctx: Context, stale: list[int]) -> Finding:
     validation are held back), an info once validation agrees again (those epochs were left out).
     ``ctx.val`` holds every val row here."""
     val = ctx.val
-    by_epoch = {row["epoch"]: row for row in val}
-    worst = max(stale, key=lambda e: by_epoch[e]["bn_check/loss_running"] / by_epoch[e]["bn_check/loss_batch"])
-    ratio = by_epoch[worst]["bn_check/loss_running"] / by_epoch[worst]["bn_check/loss_batch"]
+    ratios = {row["epoch"]: bn_disagreement(row) for row in val if row["epoch"] in stale}
+    last = ratios[stale[-1]]
+    said = []
+    if "obj_pos" in last:
+        said.append(f"objectness at true objects was {last['obj_pos']:.3g}x lower with batch norm's running "
+                    f"statistics than with the batch's own")
+    if "loss" in last:
+        said.append(f"the loss {last['loss']:.3g}x higher")
     held = ", ".join(rule.__name__.removeprefix("rule_") for rule in VALIDATION_RULES)
-    numbers = {"epochs": stale, "worst_epoch": worst, "worst_ratio": ratio}
-    why = (f"on the same validation batch the loss with batch norm's running statistics was {ratio:.3g}x the loss "
-           f"with the batch's own statistics (epoch {worst}): the running averages lag the weights, as they do "
-           f"when an epoch has few steps")
+    numbers = {"epochs": stale, **{f"{k}_ratio": v for k, v in last.items()}}
+    why = (f"on the same validation batch at epoch {stale[-1]}, {' and '.join(said)}: the running averages lag "
+           f"the weights, as they do when an epoch has few steps")
     batches = ctx.train_cfg.get("precise_bn_batches")
     if batches:
         advice = (f"Re-estimate the statistics over more un-augmented training batches before validation "
