@@ -69,7 +69,7 @@ def test_batch_statistics_normalise_by_the_batch_and_change_nothing():
 # ------------------------------------------------------------------------------------------ tiny run
 IMGSZ = 64
 N_TRAIN = 8  # one batch: one optimiser step per epoch, so the running statistics (momentum 0.03) lag far behind
-EPOCHS = 25
+EPOCHS = 15  # measured: without precise BN val mAP50 0.003 vs 0.443 with batch statistics; with it 0.440
 OVERRIDES = [f"data.imgsz={IMGSZ}", f"data.batch={N_TRAIN}", "data.workers=0", "data.augment.enabled=false",
              "optim.lr=0.01", "optim.warmup_epochs=0", "diagnostics.report=false", "diagnostics.histograms=false",
              "diagnostics.grad_share_every=0", "diagnostics.doctor=false", f"train.epochs={EPOCHS}"]
