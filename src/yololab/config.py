@@ -82,6 +82,14 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, gt=0, description="CPU threads of torch's operators in the training "
                                 "process (torch.set_num_threads); None keeps torch's default (one per physical core). "
                                 "DataLoader workers use one each.")
+    precise_bn_batches: int = Field(
+        8, ge=0, description="Before each validation, re-estimate batch-norm running statistics over up to this "
+        "many un-augmented training batches, without gradients (precise BN; engine/precise_bn.py). The "
+        "checkpoints then hold the statistics validation used. 0 keeps the running averages, which lag the "
+        "weights when an epoch has few steps (docs/diagnostics.md, 'Batch-norm statistics').")
+    bn_check: bool = Field(True, description="On the first validation batch, the loss with the running batch-norm "
+                           "statistics and with that batch's own statistics (val/bn_check/*): the doctor's "
+                           "stale_batch_norm rule reads them.")
 
 
 class RunConfig(_Strict):

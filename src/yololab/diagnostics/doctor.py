@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -33,7 +33,6 @@ TERM_KEY = re.compile(r"^loss/(?P<term>[a-z]+)/s(?P<scale>\d+)$")
 SCALE_KEY = re.compile(r"/s(?P<scale>\d+)$")
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
-BPR_NAMES = {"bpr_ratio": "by size ratio", "bpr_iou50": "at shape IoU 0.5"}  # anchor_fit keys, as said
 
 
 class DoctorInputError(FileProblem):
@@ -59,8 +58,11 @@ class DoctorConfig(BaseModel):
         0.1, ge=0, le=1, description="Targets not found, for runs logged without iou_prior: responsible-"
         "prediction IoU below this counts as 'near 0'.")
     low_obj_pos: float = Field(
-        0.5, gt=0, le=1, description="Low objectness: obj_pos below this drops most true objects at the "
-        "usual 0.5 confidence threshold.")
+        0.5, gt=0, le=1, description="Low objectness: mean obj_pos below this (the message then says the measured "
+        "share of responsible predictions reaching detect_conf and 0.5, from the validation histograms).")
+    detect_conf: float = Field(
+        0.25, gt=0, lt=1, description="The confidence messages count objects at: `yololab detect --conf`'s "
+        "default (0.25, as ultralytics' predict).")
     separated_ratio: float = Field(
         10.0, gt=1, description="Well separated: obj_pos / obj_neg at or above this (the BCE trial reached "
         "50-250).")
@@ -74,6 +76,10 @@ class DoctorConfig(BaseModel):
         5.0, gt=0, description="False positives: more predictions away from objects above fp_conf per true "
         "object than this (sparse images, 8 epochs: keras-yolo3 with obj_scale 50 gave 20-22 at the coarse "
         "scales, with obj_scale 5 2-4, ultralytics under 0.1).")
+    working_obj_ratio: float = Field(
+        25.0, gt=0, description="False positives: the obj_weight / noobj_weight the suggested change aims at "
+        "(keras-yolo3's obj_scale 5, i.e. 25:1, detected well on the sparse case study where obj_scale 50, "
+        "2500:1, flooded it with false positives).")
     weight_step: float = Field(
         2.0, gt=1, description="Factor by which a suggested change multiplies a loss weight.")
     lagging_iou: float = Field(
@@ -121,7 +127,31 @@ class DoctorConfig(BaseModel):
         10.0, gt=1, description="Factor by which a suggested change divides the learning rate.")
     collapse_drop: float = Field(
         0.5, gt=0, le=1, description="Collapse after warm-up: mAP50 or mean obj_pos falling by this share "
-        "in the epoch warm-up ends.")
+        "within collapse_epochs of the end of a warm-up (learning rate or loss).")
+    collapse_epochs: int = Field(
+        2, ge=1, description="Collapse after warm-up: epochs from the first one after warm-up in which a fall "
+        "counts.")
+    collapse_min_map: float = Field(
+        0.005, ge=0, description="Collapse after warm-up: mAP50 at the end of warm-up below this is noise, "
+        "not a level that can collapse (the 140-photo run fell 0.010 -> 0.003).")
+    bn_loss_ratio: float = Field(
+        1.5, gt=1, description="Stale batch norm: validation not trusted while, on the first validation batch, "
+        "the loss with the running statistics is above this factor times the loss with the batch's own "
+        "statistics (docs/diagnostics.md, 'Batch-norm statistics').")
+    bn_obj_ratio: float = Field(
+        2.0, gt=1, description="Stale batch norm: ... or the objectness at true objects with the batch's own "
+        "statistics above this factor times the one with the running statistics (the lagging digits run: "
+        "16x at epoch 0 while the losses differed by 7%).")
+    diverged_iou_share: float = Field(
+        0.25, gt=0, lt=1, description="Diverged optimiser: IoU of responsible predictions below this share of "
+        "iou_prior (the anchors alone): the boxes were pushed away from even the anchors' guess (a learning "
+        "rate ~150x too high gave 0.0001 against 0.42; mis-encoded labels stay at the prior).")
+    val_blowup: float = Field(
+        10.0, gt=1, description="Diverged optimiser: val loss/total above this factor times the train loss/total "
+        "of the same epoch.")
+    stuck_map: float = Field(
+        0.01, ge=0, description="Diverged optimiser: val mAP50 at or below this at every validated epoch counts "
+        "as stuck at 0.")
 
 
 @dataclass
@@ -146,7 +176,8 @@ class Finding:
 @dataclass
 class Context:
     """What rules read: rows per split sorted by epoch, the anchor fit, the run's loss config (may be {}), the
-    thresholds and the validation histograms (histograms.jsonl rows; [] when not recorded)."""
+    thresholds, the validation histograms (histograms.jsonl rows; [] when not recorded) and the run's train
+    config (may be {})."""
 
     train: list[dict]
     val: list[dict]
@@ -154,6 +185,7 @@ class Context:
     loss: dict
     cfg: DoctorConfig
     histograms: list[dict] = field(default_factory=list)
+    train_cfg: dict = field(default_factory=dict)
 
     @property
     def scales(self) -> list[int]:
@@ -191,23 +223,44 @@ def _tail_start(epochs: list[tuple[int, bool]]) -> int | None:
 # --------------------------------------------------------------------------------------------- rules
 
 
+def _localisation(ctx: Context, rows: list[dict], s: int) -> tuple[dict, dict]:
+    """(epoch -> IoU of responsible predictions, epoch -> iou_prior) at scale ``s`` over ``rows``."""
+    return dict(series(rows, f"stat/iou/s{s}")), dict(series(rows, f"stat/iou_prior/s{s}"))
+
+
+def _diverged(iou: float, prior: float | None, cfg: DoctorConfig) -> bool:
+    """IoU far below what the anchors alone give: the optimiser moved boxes away, labels cannot do that."""
+    return prior is not None and iou < cfg.diverged_iou_share * prior
+
+
+def _localised(iou: float, prior: float | None, cfg: DoctorConfig) -> bool:
+    """IoU above the anchors' prior by unfound_iou_gain (or, logged without a prior, above unfound_iou)."""
+    return iou - prior >= cfg.unfound_iou_gain if prior is not None else iou >= cfg.unfound_iou
+
+
 def rule_targets_not_found(ctx: Context) -> list[Finding]:
     """Objectness at responsible predictions not above the rest AND no localisation learned, to the last epoch.
 
     Localisation is the IoU of responsible predictions above ``iou_prior`` (what the anchors alone give at the
     cell centre): on x/y-swapped labels the IoU stays at that prior, which can be 0.3-0.5 with fitted anchors.
-    Runs logged without ``iou_prior`` fall back to an absolute IoU near 0.
+    Runs logged without ``iou_prior`` fall back to an absolute IoU near 0. A scale enters the state when it is
+    neither separated nor localised and leaves it only once it localises: objectness creeping past the
+    separation limit while the IoU stays at the prior does not clear it. An IoU far *below* the prior is a
+    diverged optimiser, not labels (``rule_diverged_optimiser``), and clears it too.
     """
     c, out = ctx.cfg, []
     for s in ctx.scales:
         pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
         neg = dict(series(ctx.stat_rows(), f"stat/obj_neg/s{s}"))
-        iou = dict(series(ctx.stat_rows(), f"stat/iou/s{s}"))
-        prior = dict(series(ctx.stat_rows(), f"stat/iou_prior/s{s}"))
+        iou, prior = _localisation(ctx, ctx.stat_rows(), s)
         epochs = sorted(e for e in pos if e in neg and e in iou and e >= c.settle_epochs)
-        unlocalised = {e: iou[e] - prior[e] < c.unfound_iou_gain if e in prior else iou[e] < c.unfound_iou
-                       for e in epochs}
-        flags = [(e, _ratio(pos[e], neg[e]) < c.unfound_separation and unlocalised[e]) for e in epochs]
+        state, flags = False, []
+        for e in epochs:
+            if _localised(iou[e], prior.get(e), c) or _diverged(iou[e], prior.get(e), c):
+                state = False
+            elif _ratio(pos[e], neg[e]) < c.unfound_separation:
+                state = True
+            flags.append((e, state))
         start = _tail_start(flags)
         if start is None:
             continue
@@ -218,11 +271,14 @@ def rule_targets_not_found(ctx: Context) -> list[Finding]:
             where = f"{iou[last]:.3g}, no better than the {prior[last]:.3g} the anchors alone give"
         else:
             where = f"{iou[last]:.3g}"
+        ratio = _ratio(pos[last], neg[last])
+        separation = ("is not above objectness elsewhere" if ratio < c.unfound_separation else
+                      f"is only {ratio:.3g}x objectness elsewhere")
         out.append(Finding(
             "targets_not_found", "error", scale=s, term="obj", first_epoch=start, numbers=numbers,
             message=f"At scale {s} the network cannot find its targets: objectness at responsible predictions "
-                    f"({pos[last]:.3g}) is not above objectness elsewhere ({neg[last]:.3g}) and their IoU with "
-                    f"the truth is {where}.",
+                    f"({pos[last]:.3g}) {separation} ({neg[last]:.3g}) and their IoU with the truth is {where}"
+                    f" (since epoch {start}).",
             suggestion="Check the target encoding: label column order (class cx cy w h), normalised units "
                        "(0-1 of the image, not pixels), x/y not swapped, and the anchors/strides of that scale. "
                        "If the labels are right, the run is too short to have learned anything yet.",
@@ -230,27 +286,57 @@ def rule_targets_not_found(ctx: Context) -> list[Finding]:
     return out
 
 
+def _share_at_or_above(hist: dict, edges: list[float], conf: float) -> int:
+    """Samples of one histogram (``{"counts": [...]}``) in the bins whose lower edge is >= ``conf``."""
+    first = next((k for k, edge in enumerate(edges[:-1]) if edge >= conf - EDGE_TOL), None)
+    return sum(hist["counts"][first:]) if first is not None else 0
+
+
+def recall_at(histograms: list[dict], scale: int, conf: float) -> dict[int, float]:
+    """epoch -> share of responsible predictions whose objectness is >= ``conf`` (histograms.jsonl rows, bins
+    whose lower edge is >= ``conf``): the objects a detector thresholded at ``conf`` can still find, before
+    class probabilities and NMS. Epochs without responsible predictions at that scale are left out."""
+    out = {}
+    for row in histograms:
+        pos = row["histograms"].get(f"obj_pos/s{scale}")
+        if pos and pos["num"]:
+            out[row["epoch"]] = _share_at_or_above(pos, row["edges"], conf) / pos["num"]
+    return out
+
+
 def rule_low_separated_objectness(ctx: Context) -> list[Finding]:
-    """obj_pos low but far above obj_neg: ranking is fine, a 0.5 threshold drops most true objects."""
+    """obj_pos low but far above obj_neg at a scale that localises (IoU not near 0, not below the anchors'
+    prior): objects are ranked above the background, but a confidence threshold drops many of them. The
+    message gives the measured share of responsible predictions reaching detect's default confidence and 0.5."""
     c, out = ctx.cfg, []
     for s in ctx.scales:
         pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
         neg = dict(series(ctx.stat_rows(), f"stat/obj_neg/s{s}"))
+        iou, prior = _localisation(ctx, ctx.stat_rows(), s)
         epochs = sorted(e for e in pos if e in neg and e >= c.settle_epochs)
-        flags = [(e, pos[e] < c.low_obj_pos and _ratio(pos[e], neg[e]) >= c.separated_ratio) for e in epochs]
+        flags = [(e, pos[e] < c.low_obj_pos and _ratio(pos[e], neg[e]) >= c.separated_ratio and e in iou
+                  and iou[e] >= c.unfound_iou and not _diverged(iou[e], prior.get(e), c)) for e in epochs]
         start = _tail_start(flags)
         if start is None:
             continue
         last = epochs[-1]
+        ratio = _ratio(pos[last], neg[last])
+        numbers = {"obj_pos": pos[last], "obj_neg": neg[last], "ratio": ratio}
+        recalls = {conf: recall_at(ctx.histograms, s, conf).get(last) for conf in (c.detect_conf, c.fp_conf)}
+        if None not in recalls.values():
+            numbers.update({f"recall_at_{conf:g}": r for conf, r in recalls.items()})
+            measured = (f"{recalls[c.detect_conf]:.0%} of the true objects' predictions reach {c.detect_conf:g} "
+                        f"(detect's default --conf) and {recalls[c.fp_conf]:.0%} reach {c.fp_conf:g}")
+        else:
+            measured = "how many reach a confidence threshold is not known (no validation histograms)"
         changes = {"loss.obj_weight": ctx.loss.get("obj_weight", 1.0) * c.weight_step}
         if ctx.loss.get("obj_target") == "iou":
             changes["loss.obj_target"] = "one"
         out.append(Finding(
-            "low_separated_objectness", "info", scale=s, term="obj", first_epoch=start,
-            numbers={"obj_pos": pos[last], "obj_neg": neg[last], "ratio": _ratio(pos[last], neg[last])},
-            message=f"At scale {s} objectness at true objects is low ({pos[last]:.3g}) but "
-                    f"{_ratio(pos[last], neg[last]):.3g}x higher than elsewhere: the ranking is fine, yet a 0.5 "
-                    f"confidence threshold would drop most true objects.",
+            "low_separated_objectness", "info", scale=s, term="obj", first_epoch=start, numbers=numbers,
+            message=f"At scale {s} objectness at true objects is low ({pos[last]:.3g} on average) but {ratio:.3g}x "
+                    f"higher than elsewhere, and their IoU is {iou[last]:.3g}: objects are ranked above the "
+                    f"background; {measured}.",
             suggestion="Use a lower confidence threshold at detection (--conf), or raise the objectness target "
                        "or weight at responsible predictions.",
             changes=changes,
@@ -267,15 +353,30 @@ def false_positives_per_truth(histograms: list[dict], scale: int, conf: float) -
         neg, pos = (row["histograms"].get(f"{kind}/s{scale}") for kind in ("obj_neg", "obj_pos"))
         if not neg or not pos or not pos["num"]:
             continue
-        first = next((k for k, edge in enumerate(row["edges"][:-1]) if edge >= conf - EDGE_TOL), None)
-        out[row["epoch"]] = sum(neg["counts"][first:]) / pos["num"] if first is not None else 0.0
+        out[row["epoch"]] = _share_at_or_above(neg, row["edges"], conf) / pos["num"]
     return out
+
+
+def _weight_fix(ctx: Context) -> tuple[dict, str]:
+    """The change of loss weights that brings obj : noobj to ``working_obj_ratio``, and how it is said."""
+    c = ctx.cfg
+    obj, noobj = ctx.loss.get("obj_weight", 1.0), ctx.loss.get("noobj_weight", 1.0)
+    ratio = obj / noobj
+    if ratio > c.working_obj_ratio:
+        target = noobj * c.working_obj_ratio
+        return {"loss.obj_weight": target}, (
+            f"obj is weighted {ratio:.3g}x noobj, {ratio / c.working_obj_ratio:.3g}x the {c.working_obj_ratio:g}:1 "
+            f"that detected well in the sparse case study: set loss.obj_weight={target:g} (or "
+            f"loss.noobj_weight={obj / c.working_obj_ratio:g})")
+    return {"loss.noobj_weight": noobj * c.weight_step}, (
+        f"obj is weighted {ratio:.3g}x noobj, already within the {c.working_obj_ratio:g}:1 that worked: weight "
+        f"noobj {c.weight_step:g}x more")
 
 
 def rule_false_positive_objectness(ctx: Context) -> list[Finding]:
     """Objectness high away from objects to the last epoch: the mean (obj_neg) above ``high_obj_neg``, or,
     from the validation histograms, more than ``max_fp_per_truth`` predictions away from objects above
-    ``fp_conf`` for each true object."""
+    ``fp_conf`` for each true object. The suggested weights reach ``working_obj_ratio``."""
     c, out = ctx.cfg, []
     for s in ctx.scales:
         neg = {e: v for e, v in series(ctx.stat_rows(), f"stat/obj_neg/s{s}") if e >= c.settle_epochs}
@@ -288,23 +389,22 @@ def rule_false_positive_objectness(ctx: Context) -> list[Finding]:
             continue
         pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
         last = epochs[-1]
+        at_detect = false_positives_per_truth(ctx.histograms, s, c.detect_conf).get(last)
         numbers = {k: v for k, v in (("obj_neg", neg.get(last)), ("obj_pos", pos.get(last)),
-                                     ("fp_per_truth", fp.get(last))) if v is not None}
+                                     ("fp_per_truth", fp.get(last)), ("fp_per_truth_at_detect_conf", at_detect))
+                   if v is not None}
         said = [f"{neg[last]:.3g} on average"] if last in neg else []
         if last in fp:
-            said.append(f"{fp[last]:.3g} predictions away from objects above {c.fp_conf:g} for each true object "
-                        f"(before NMS)")
-        obj_weight, noobj_weight = ctx.loss.get("obj_weight", 1.0), ctx.loss.get("noobj_weight", 1.0)
-        changes = {"loss.noobj_weight": noobj_weight * c.weight_step}
-        suggestion = "Weight objectness elsewhere (noobj) more relative to objectness at objects (obj)"
-        if obj_weight > noobj_weight:
-            changes["loss.obj_weight"] = obj_weight / c.weight_step
-            suggestion += f": obj is weighted {obj_weight / noobj_weight:.3g}x noobj"
+            said.append(f"{fp[last]:.3g} predictions away from objects above {c.fp_conf:g} for each true object, "
+                        f"{at_detect:.3g} above {c.detect_conf:g} (detect's default --conf), before NMS")
+        changes, said_fix = _weight_fix(ctx)
         out.append(Finding(
             "false_positive_objectness", "warning", scale=s, term="noobj", first_epoch=start, numbers=numbers,
             message=f"At scale {s} objectness away from objects is high ({'; '.join(said)}): many false "
                     f"positives.",
-            suggestion=suggestion + ".", changes=changes,
+            suggestion=f"Weight objectness elsewhere (noobj) more relative to objectness at objects (obj): "
+                       f"{said_fix}.",
+            changes=changes,
         ))
     return out
 
@@ -337,48 +437,59 @@ def rule_lagging_scale_iou(ctx: Context) -> list[Finding]:
     return out
 
 
-def rule_overfitting(ctx: Context) -> list[Finding]:
-    """Per term and scale: the val term rises for k epochs in a row while the train term falls.
+def _last_rise(val: dict[int, float], train: dict[int, float], k: int, tol: float) -> int | None:
+    """The epoch before the most recent run of ``k`` epochs in a row where ``val`` rose (by more than ``tol`` of
+    its previous value) while ``train`` fell; None when there was none."""
+    epochs = sorted(e for e in val if e in train)
+    run, found = 0, None
+    for i, (prev, e) in enumerate(itertools.pairwise(epochs)):
+        rising = val[prev] > 0 and val[e] > val[prev] * (1 + tol) and train[e] < train[prev]
+        run = run + 1 if rising else 0
+        if run >= k:
+            found = epochs[i + 1 - run]
+    return found
 
-    When val mAP50 is still at its best at the end of that rise, it has not cost accuracy yet: an info
-    without a change to make (early in training a term such as noobj can rise on val while objectness learns
-    to fire, and stopping there would be wrong).
+
+def rule_overfitting(ctx: Context) -> list[Finding]:
+    """Per term and scale: the val term rose for k epochs in a row while the train term fell, and it still is
+    where that left it: above its value before the rise and above the train term, with val mAP50 past its best.
+
+    What is said is the current state: a rise that validation has since recovered from (as after early
+    batch-norm lag) or a val term at or below the train term is no overfitting, and while val mAP50 is still
+    at its best at the last epoch, a rising term (early on, noobj rises on val while objectness learns to
+    fire) has cost nothing: no finding.
     """
-    k, out = ctx.cfg.overfit_epochs, []
+    c, out = ctx.cfg, []
     map50 = dict(series(ctx.val, BEST_METRIC))
     best_map_epoch = max(map50, key=lambda e: (map50[e], e)) if map50 else None
     for term, s in ctx.terms:
         key = f"loss/{term}/s{s}"
         train, val = dict(series(ctx.train, key)), dict(series(ctx.val, key))
-        epochs = sorted(e for e in val if e in train)
-        run = 0
-        for prev, e in itertools.pairwise(epochs):
-            rising = val[prev] > 0 and val[e] > val[prev] * (1 + ctx.cfg.rise_rel_tol) and train[e] < train[prev]
-            run = run + 1 if rising else 0
-            if run == k:
-                start = epochs[epochs.index(e) - k + 1]
-                best = epochs[epochs.index(start) - 1]
-                numbers = {"val_before": val[best], "val_after": val[e], "train_before": train[best],
-                           "train_after": train[e], "epochs": k}
-                message = (f"The {term} term at scale {s} overfits from epoch {start}: validation rose "
-                           f"{val[best]:.3g} -> {val[e]:.3g} while training fell {train[best]:.3g} -> "
-                           f"{train[e]:.3g}")
-                if best_map_epoch is not None and best_map_epoch >= e:
-                    out.append(Finding(
-                        "overfitting", "info", scale=s, term=term, first_epoch=start,
-                        numbers={**numbers, "best_map_epoch": best_map_epoch},
-                        message=message + f", but val {BEST_METRIC} is still at its best (epoch "
-                                          f"{best_map_epoch}): it has not cost accuracy yet.",
-                        suggestion=f"Watch it: if {BEST_METRIC} stops rising, stop at the epoch it peaks or add "
-                                   "data or augmentation."))
-                else:
-                    out.append(Finding(
-                        "overfitting", "warning", scale=s, term=term, first_epoch=start, numbers=numbers,
-                        message=message + ".",
-                        suggestion="Stop earlier, add data or augmentation, or lower that term's weight.",
-                        changes={"train.epochs": start},
-                    ))
-                break
+        before = _last_rise(val, train, c.overfit_epochs, c.rise_rel_tol)
+        if before is None:
+            continue
+        last = max(e for e in val if e in train)
+        start = min(e for e in val if e > before)
+        if val[last] <= val[before] * (1 + c.rise_rel_tol) or val[last] <= train[last]:
+            continue
+        if best_map_epoch is not None and best_map_epoch >= last:
+            continue
+        numbers = {"val_before": val[before], "val_now": val[last], "train_before": train[before],
+                   "train_now": train[last], "epoch_before": before, "epoch_now": last}
+        peak = ""
+        if best_map_epoch is not None:
+            numbers.update(best_map_epoch=best_map_epoch, best_map=map50[best_map_epoch], map_now=map50[last]
+                           if last in map50 else None)
+            peak = (f"; val {BEST_METRIC} peaked at {map50[best_map_epoch]:.3g} in epoch {best_map_epoch}"
+                    + (f" and is {map50[last]:.3g} now" if last in map50 else ""))
+        out.append(Finding(
+            "overfitting", "warning", scale=s, term=term, first_epoch=start, numbers=numbers,
+            message=f"The {term} term at scale {s} overfits: on validation it rose from {val[before]:.3g} "
+                    f"(epoch {before}) to {val[last]:.3g} now (epoch {last}), above training's {train[last]:.3g}, "
+                    f"while training fell from {train[before]:.3g}{peak}.",
+            suggestion="Stop earlier, add data or augmentation, or lower that term's weight.",
+            changes={"train.epochs": (best_map_epoch if best_map_epoch is not None else before) + 1},
+        ))
     return out
 
 
@@ -467,13 +578,13 @@ def rule_anchor_fit(ctx: Context) -> list[Finding]:
     refit_helps = refit_gain >= c.refit_gain
     kmeans_numbers = {f"kmeans_{k}": v for k, v in kmeans.items()}
     bpr = {k: fit[k] for k in ("bpr_ratio", "bpr_iou50") if fit.get(k) is not None}
-    bpr_text = ", ".join(f"{BPR_NAMES[k]} {v:.3g}" for k, v in bpr.items())
+    bpr_text = _bpr_text(bpr, fit.get("anchor_t"))
     if bpr.get("bpr_ratio", 1.0) < c.min_bpr_ratio or bpr.get("bpr_iou50", 1.0) < c.min_bpr_iou50:
         if refit_helps:
             message = f"The anchors do not fit the boxes: best possible recall {bpr_text}."
             suggestion, changes = anchors_advice, anchors_change
         else:
-            message = (f"Best possible recall is low ({bpr_text}) although the anchors fit as well as k-means "
+            message = (f"Best possible recall is low, {bpr_text}, although the anchors fit as well as k-means "
                        f"anchors do: the boxes vary more than {len(fit.get('anchors') or []) or 'these'} "
                        f"anchors can cover.")
             suggestion = ("Use more anchors per scale (the [yolo] sections' mask/num) or another scale; or "
@@ -494,27 +605,45 @@ def rule_anchor_fit(ctx: Context) -> list[Finding]:
                     message=message + ", as the k-means anchors of this data do: the spread is the data's.",
                     suggestion="Nothing to change unless this scale's IoU lags (see lagging_scale_iou).")
             out.append(finding)
-    shares = fit.get("share_per_scale")
-    source = "anchor_fit"
-    if shares is None:
-        mean_pos = [sum(v) / len(v) if (v := [x for _, x in series(ctx.train, f"stat/n_pos/s{s}")]) else 0.0
-                    for s in ctx.scales]
-        total = sum(mean_pos)
-        shares = [m / total for m in mean_pos] if total > 0 else []
-        source = "stat/n_pos"
-    for s, share in enumerate(shares):
-        if share < c.min_scale_share:
-            out.append(Finding(
-                "scale_without_truths", "warning", scale=s, numbers={"share": share, "source": source},
-                message=f"Scale {s} receives almost no truths ({share:.1%}): its head learns nothing about "
-                        f"objects.",
-                suggestion="Re-fit the anchors to the data, or use a cfg with fewer scales.",
-                changes=anchors_change))
-    return out
+    return out + _scales_without_truths(ctx, anchors_change)
+
+
+def _bpr_text(bpr: dict, anchor_t: float | None) -> str:
+    """'0.715 at shape IoU > 0.5 and 1.000 within a size ratio of 4 (shares of the truths with an anchor that
+    close)'."""
+    said = []
+    if "bpr_iou50" in bpr:
+        said.append(f"{bpr['bpr_iou50']:.3f} at shape IoU > 0.5")
+    if "bpr_ratio" in bpr:
+        said.append(f"{bpr['bpr_ratio']:.3f} within a size ratio of {anchor_t:g}" if anchor_t else
+                    f"{bpr['bpr_ratio']:.3f} within the size-ratio limit")
+    return " and ".join(said) + " (shares of the truths with an anchor that close)"
+
+
+def _scales_without_truths(ctx: Context, anchors_change: dict) -> list[Finding]:
+    """A scale given almost none of the truths. Read from the truths the loss assigned in training
+    (``stat/n_pos``: whatever the preset's assignment, one truth may go to several anchors and scales); the
+    anchor fit's best-anchor share only for a run without those rows."""
+    c = ctx.cfg
+    mean_pos = {s: sum(v) / len(v) for s in ctx.scales if (v := [x for _, x in series(ctx.train, f"stat/n_pos/s{s}")])}
+    total = sum(mean_pos.values())
+    if mean_pos and total > 0:
+        shares = {s: m / total for s, m in mean_pos.items()}
+        source, said = "stat/n_pos", {s: f"{mean_pos[s]:.3g} truths per training batch, {shares[s]:.1%} of those "
+                                         f"assigned at all scales" for s in shares}
+    else:
+        shares = dict(enumerate((ctx.anchor_fit or {}).get("share_per_scale") or []))
+        source, said = "anchor_fit", {s: f"{share:.1%} of the truths have their best-fitting anchor there"
+                                      for s, share in shares.items()}
+    return [Finding("scale_without_truths", "warning", scale=s, numbers={"share": share, "source": source},
+                    message=f"Scale {s} receives almost no truths ({said[s]}): its head learns nothing about objects.",
+                    suggestion="Re-fit the anchors to the data, or use a cfg with fewer scales.",
+                    changes=anchors_change)
+            for s, share in shares.items() if share < c.min_scale_share]
 
 
 def rule_training_dynamics(ctx: Context) -> list[Finding]:
-    """Loss spikes, divergence, and a collapse in the epoch warm-up ends."""
+    """Loss spikes, divergence of the training loss, and a collapse right after a warm-up."""
     c, out = ctx.cfg, []
     total = series(ctx.train, "loss/total")
     lr = dict(series(ctx.train, "lr"))
@@ -537,46 +666,186 @@ def rule_training_dynamics(ctx: Context) -> list[Finding]:
                         f"{last / low:.3g}x its lowest ({low:.4g} at epoch {low_epoch}).",
                 suggestion="Lower the learning rate or lengthen the warm-up.",
                 changes={"optim.lr": lr[low_epoch] / c.lr_step} if low_epoch in lr else {}))
-    out += _warmup_collapse(ctx)
     return out
 
 
-def _warmup_collapse(ctx: Context) -> list[Finding]:
+def _warmup_ends(ctx: Context) -> dict[str, int]:
+    """warm-up name -> the first epoch after it. The learning-rate warm-up from ``lr_warmup`` (share of the
+    epoch's steps inside it), or for runs logged without it, from ``lr`` (the last step's value) starting to
+    fall; the loss's anchor-prior warm-up from ``warmup``."""
+    ends = {}
+    for name, key in (("learning-rate warm-up", "lr_warmup"), ("loss warm-up", "warmup")):
+        flags = series(ctx.train, key)
+        end = next((e for (_, a), (e, b) in itertools.pairwise(flags) if a > 0 and b == 0), None)
+        if end is not None:
+            ends[name] = end
+    if "learning-rate warm-up" not in ends and not series(ctx.train, "lr_warmup"):
+        lr = series(ctx.train, "lr")
+        end = next((e for (_, a), (e, b) in itertools.pairwise(lr) if b < a), None)
+        if end is not None and end > lr[0][0]:
+            ends["learning-rate warm-up"] = end
+    return ends
+
+
+def rule_collapse_after_warmup(ctx: Context) -> list[Finding]:
+    """Val mAP50 (or mean obj_pos) at the end of a warm-up falling by ``collapse_drop`` within
+    ``collapse_epochs`` after it, and not recovered by the last epoch."""
     c = ctx.cfg
-    warm = series(ctx.train, "warmup")
-    ends = [e for (_, a), (e, b) in itertools.pairwise(warm) if a > 0 and b == 0]
-    if not ends:
-        return []
-    end = ends[0]
     watched = {"mAP50": dict(series(ctx.val, "mAP50"))}
-    obj = {}
+    obj: dict[int, list[float]] = {}
     for s in ctx.scales:
         for e, v in series(ctx.stat_rows(), f"stat/obj_pos/s{s}"):
             obj.setdefault(e, []).append(v)
     watched["obj_pos"] = {e: sum(v) / len(v) for e, v in obj.items()}
-    for name, values in watched.items():
-        before, after = values.get(end - 1), values.get(end)
-        if before and after is not None and after < (1 - c.collapse_drop) * before:
+    lr = dict(series(ctx.train, "lr"))
+    for warmup, end in sorted(_warmup_ends(ctx).items(), key=lambda we: we[1]):
+        for name, values in watched.items():
+            ends_at = [e for e in values if e < end]
+            if not ends_at:
+                continue
+            before_epoch = max(ends_at)
+            before = values[before_epoch]
+            after = {e: v for e, v in values.items() if end <= e < end + c.collapse_epochs}
+            if not after or before <= (c.collapse_min_map if name == "mAP50" else 0):
+                continue
+            low_epoch = min(after, key=after.get)
+            now_epoch = max(values)
+            if after[low_epoch] >= (1 - c.collapse_drop) * before or values[now_epoch] >= before:
+                continue
             return [Finding(
-                "collapse_after_warmup", "error", first_epoch=end,
-                numbers={"metric": name, "before": before, "after": after},
-                message=f"{name} collapsed from {before:.3g} to {after:.3g} in epoch {end}, when warm-up ended.",
+                "collapse_after_warmup", "error", first_epoch=low_epoch,
+                numbers={"metric": name, "warmup": warmup, "before": before, "after": after[low_epoch],
+                         "now": values[now_epoch]},
+                message=f"Val {name} collapsed from {before:.3g} (epoch {before_epoch}) to {after[low_epoch]:.3g} "
+                        f"(epoch {low_epoch}) right after the {warmup} ended, and is {values[now_epoch]:.3g} now "
+                        f"(epoch {now_epoch}).",
                 suggestion="The full learning rate is too high for this run: lengthen the warm-up or lower "
                            "the learning rate.",
-                changes={"optim.lr": v / c.lr_step} if (v := dict(series(ctx.train, "lr")).get(end)) else {},
+                changes={"optim.lr": max(lr.values()) / c.lr_step} if lr else {},
             )]
     return []
 
 
-RULES = [
+def rule_diverged_optimiser(ctx: Context) -> list[Finding]:
+    """A learning rate far too high, told apart from mis-encoded labels.
+
+    Mis-encoded labels leave the IoU of responsible predictions at the anchors' prior while the train loss
+    falls normally (``targets_not_found``). A diverged optimiser pushes boxes *away* from even the anchors'
+    guess: the train IoU ends below ``diverged_iou_share`` of ``iou_prior``, and validation shows it as a val
+    loss far above the train loss (``val_blowup``) or an mAP50 that never left 0 (``stuck_map``). Reads train
+    rows (batch statistics, no lag) for the IoU, val rows for the rest.
+    """
+    c = ctx.cfg
+    if not ctx.train or ctx.train[-1]["epoch"] < c.settle_epochs:
+        return []
+    last = ctx.train[-1]
+    pairs = [(last.get(f"stat/iou/s{s}"), last.get(f"stat/iou_prior/s{s}")) for s in ctx.scales]
+    pairs = [(i, p) for i, p in pairs if i is not None and p]
+    if not pairs:
+        return []
+    iou, prior = (sum(v) / len(pairs) for v in zip(*pairs, strict=True))
+    if not _diverged(iou, prior, c):
+        return []
+    train_total = dict(series(ctx.train, "loss/total"))
+    blowups = {e: v / train_total[e] for e, v in series(ctx.val, "loss/total") if train_total.get(e, 0) > 0}
+    worst = max(blowups, key=blowups.get) if blowups else None
+    maps = [v for _, v in series(ctx.val, BEST_METRIC)]
+    stuck = bool(maps) and max(maps) <= c.stuck_map
+    blown = worst is not None and blowups[worst] > c.val_blowup
+    if not (stuck or blown):
+        return []
+    said = [f"the IoU of responsible predictions on training images is {iou:.3g}, far below the {prior:.3g} the "
+            f"anchors alone give"]
+    numbers = {"iou": iou, "iou_prior": prior}
+    if blown:
+        val_total = dict(series(ctx.val, "loss/total"))[worst]
+        said.append(f"val loss/total reached {val_total:.4g} at epoch {worst} ({blowups[worst]:.3g}x the train loss)")
+        numbers.update(val_loss=val_total, val_blowup=blowups[worst], blowup_epoch=worst)
+    if stuck:
+        said.append(f"val {BEST_METRIC} has stayed at or below {max(maps):.3g}")
+        numbers["best_map"] = max(maps)
+    lr = [v for _, v in series(ctx.train, "lr")]
+    return [Finding(
+        "diverged_optimiser", "error", first_epoch=ctx.train[0]["epoch"], numbers=numbers,
+        message="The learning rate is far too high: " + "; ".join(said) + ". Wrong labels leave the IoU at the "
+                "anchors' prior; only an optimiser that overshoots pushes boxes away from it.",
+        suggestion=f"Lower the learning rate {c.lr_step:g}x (or more) and keep the warm-up.",
+        changes={"optim.lr": max(lr) / c.lr_step} if lr else {},
+    )]
+
+
+def bn_disagreement(row: dict) -> dict[str, float]:
+    """From a val row's batch-norm check: ``loss`` = loss with running / with batch statistics, ``obj_pos`` =
+    objectness at true objects with batch / with running statistics (each > 1 when the running ones are
+    worse); a ratio whose values were not logged (or would divide by 0) is left out."""
+    out = {}
+    pairs = {"loss": ("bn_check/loss_running", "bn_check/loss_batch"),
+             "obj_pos": ("bn_check/obj_pos_batch", "bn_check/obj_pos_running")}
+    for name, (top, bottom) in pairs.items():
+        if row.get(top) is not None and row.get(bottom):
+            out[name] = row[top] / row[bottom]
+    return out
+
+
+def stale_epochs(val: list[dict], cfg: DoctorConfig) -> list[int]:
+    """Epochs whose validation batch-norm check disagrees strongly (``bn_loss_ratio``, ``bn_obj_ratio``): the
+    running statistics do not fit the weights, so neither do the validation numbers."""
+    limits = {"loss": cfg.bn_loss_ratio, "obj_pos": cfg.bn_obj_ratio}
+    return [row["epoch"] for row in val if any(r > limits[k] for k, r in bn_disagreement(row).items())]
+
+
+def stale_batch_norm_finding(ctx: Context, stale: list[int]) -> Finding:
+    """What the stale epochs mean: a warning while the last validation is one of them (the rules that read
+    validation are held back), an info once validation agrees again (those epochs were left out).
+    ``ctx.val`` holds every val row here."""
+    val = ctx.val
+    ratios = {row["epoch"]: bn_disagreement(row) for row in val if row["epoch"] in stale}
+    last = ratios[stale[-1]]
+    said = []
+    if "obj_pos" in last:
+        said.append(f"objectness at true objects was {last['obj_pos']:.3g}x lower with batch norm's running "
+                    f"statistics than with the batch's own")
+    if "loss" in last:
+        said.append(f"the loss {last['loss']:.3g}x higher")
+    held = ", ".join(rule.__name__.removeprefix("rule_") for rule in VALIDATION_RULES)
+    numbers = {"epochs": stale, **{f"{k}_ratio": v for k, v in last.items()}}
+    why = (f"on the same validation batch at epoch {stale[-1]}, {' and '.join(said)}: the running averages lag "
+           f"the weights, as they do when an epoch has few steps")
+    batches = ctx.train_cfg.get("precise_bn_batches")
+    if batches:
+        advice = (f"Re-estimate the statistics over more un-augmented training batches before validation "
+                  f"(train.precise_bn_batches, {batches} now), or train with more steps per epoch.")
+        changes = {"train.precise_bn_batches": 2 * batches}
+    else:
+        advice = ("Re-estimate the statistics before each validation: precise BN, train.precise_bn_batches > 0 "
+                  "(on by default).")
+        changes = {}
+    if stale[-1] == val[-1]["epoch"]:
+        return Finding("stale_batch_norm", "warning", first_epoch=stale[0], numbers=numbers,
+                       message=f"Validation numbers are not trustworthy yet: {why}. Findings that read validation "
+                               f"({held}) are held back until they are.",
+                       suggestion=advice, changes=changes)
+    return Finding("stale_batch_norm", "info", first_epoch=stale[0], numbers=numbers,
+                   message=f"Validation of epoch(s) {', '.join(map(str, stale))} was not trustworthy ({why}); "
+                           f"later epochs agree, and the rules left those epochs out.",
+                   suggestion=advice)
+
+
+# Rules that read the validation rows or histograms: held back while validation is not trustworthy.
+VALIDATION_RULES = [
     rule_targets_not_found,
     rule_low_separated_objectness,
     rule_false_positive_objectness,
     rule_lagging_scale_iou,
     rule_overfitting,
+    rule_collapse_after_warmup,
+]
+RULES = [
+    *VALIDATION_RULES,
     rule_term_sanity,
     rule_anchor_fit,
     rule_training_dynamics,
+    rule_diverged_optimiser,
 ]
 
 
@@ -584,18 +853,37 @@ RULES = [
 
 
 def diagnose(rows: list[dict], anchor_fit: dict | None = None, cfg: DoctorConfig | None = None,
-             loss: dict | None = None, histograms: list[dict] | None = None) -> list[Finding]:
+             loss: dict | None = None, histograms: list[dict] | None = None,
+             train_config: dict | None = None) -> list[Finding]:
     """Run every rule in ``RULES`` over metrics rows; findings sorted by severity, then epoch.
 
     ``loss``: the run's loss config section (``config.yaml``'s ``loss``) for context such as ``box_loss``,
     ``aggregation`` and the current weights; None when unknown. ``histograms``: the histograms.jsonl rows
-    (validation objectness and IoU per scale), None when not recorded.
+    (validation objectness and IoU per scale), None when not recorded. ``train_config``: the run's ``train``
+    section (precise BN settings), None when unknown.
+
+    Validation epochs whose batch-norm check says the running statistics do not fit the weights
+    (``stale_epochs``) are left out of the rules that read validation; while the last one is such an epoch,
+    those rules are held back entirely, and a ``stale_batch_norm`` finding says why. A diverged optimiser
+    explains what ``targets_not_found`` would blame on the labels, so that one is then dropped.
     """
     cfg = cfg or DoctorConfig()
     by_split = {split: sorted((r for r in rows if r.get("split") == split), key=lambda r: r["epoch"])
                 for split in ("train", "val")}
-    ctx = Context(by_split["train"], by_split["val"], anchor_fit, dict(loss or {}), cfg, list(histograms or []))
-    findings = [f for rule in RULES for f in rule(ctx)]
+    ctx = Context(by_split["train"], by_split["val"], anchor_fit, dict(loss or {}), cfg, list(histograms or []),
+                  dict(train_config or {}))
+    stale = stale_epochs(ctx.val, cfg)
+    findings = [stale_batch_norm_finding(ctx, stale)] if stale else []
+    trusted = replace(ctx, val=[r for r in ctx.val if r["epoch"] not in stale],
+                      histograms=[h for h in ctx.histograms if h["epoch"] not in stale])
+    held_back = bool(stale) and stale[-1] == ctx.val[-1]["epoch"]
+    for rule in RULES:
+        if rule in VALIDATION_RULES:
+            findings += [] if held_back else rule(trusted)
+        else:
+            findings += rule(ctx)
+    if any(f.rule == "diverged_optimiser" for f in findings):
+        findings = [f for f in findings if f.rule != "targets_not_found"]
     return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity),
                                            -1 if f.first_epoch is None else f.first_epoch, f.rule))
 
@@ -666,7 +954,8 @@ def diagnose_run(run_dir: str | Path, cfg: DoctorConfig | None = None, overrides
     """
     run = read_run(run_dir)
     cfg = cfg or run_doctor_config(run.config, overrides, source=Path(run_dir) / "config.yaml")
-    findings = diagnose(run.rows, run.anchor_fit, cfg, run.config.get("loss") or {}, run.histograms)
+    findings = diagnose(run.rows, run.anchor_fit, cfg, run.config.get("loss") or {}, run.histograms,
+                        run.config.get("train") or {})
     path = Path(run_dir) / FINDINGS_FILE
     path.write_text(json.dumps([_finite(f.to_dict()) for f in findings], indent=2) + "\n")
     return findings

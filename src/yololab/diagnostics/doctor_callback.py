@@ -9,6 +9,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from yololab.diagnostics.doctor import DoctorConfig, diagnose_run
 
+# Said during training besides the errors: validation curves cannot be read while this holds.
+ANNOUNCED_RULES = ("stale_batch_norm",)
+
 
 class DoctorCallback(L.Callback):
     """Place it after MetricsJsonl in the callback list (callbacks run in list order)."""
@@ -23,6 +26,7 @@ class DoctorCallback(L.Callback):
             return
         for finding in diagnose_run(self.run_dir, self.cfg):
             key = (finding.rule, finding.scale, finding.term)
-            if finding.severity == "error" and key not in self._reported:
+            said_at_once = finding.severity == "error" or finding.rule in ANNOUNCED_RULES
+            if said_at_once and key not in self._reported:
                 self._reported.add(key)  # say it once, when it first appears; findings.json has all of them
                 rank_zero_warn(f"doctor: {finding.message} Try: {finding.suggestion}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import lightning as L
 
 SPLITS = ("train", "val")
+TRAIN_EXTRAS = ("lr", "lr_warmup", "warmup")  # logged without a split prefix, written on the train row
 
 
 class MetricsJsonl(L.Callback):
@@ -33,7 +35,7 @@ class MetricsJsonl(L.Callback):
                 continue
             row = {k.split("/", 1)[1]: _finite(v) for k, v in metrics.items() if k.startswith(f"{split}/")}
             if split == "train":
-                row.update({k: _finite(v) for k, v in metrics.items() if k in ("lr", "warmup")})
+                row.update({k: _finite(v) for k, v in metrics.items() if k in TRAIN_EXTRAS})
             rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
         self._validated = False
         if trainer.is_global_zero:
@@ -45,6 +47,21 @@ class MetricsJsonl(L.Callback):
 def _finite(value: float) -> float | None:
     """JSON has no NaN: a stat that had no samples (no positives at a scale) is written as null."""
     return value if math.isfinite(value) else None
+
+
+def add_to_row(path: str | Path, epoch: int, split: str, values: dict[str, float]) -> None:
+    """Add ``values`` to the last row of (``epoch``, ``split``) in the file, rewritten atomically (a kill leaves
+    the old file or the new one); nothing happens when there is no such row."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        row = json.loads(lines[i]) if lines[i].strip() else {}
+        if row.get("epoch") == epoch and row.get("split") == split:
+            lines[i] = json.dumps({**row, **{k: _finite(v) for k, v in values.items()}})
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in lines))
+            os.replace(tmp, path)
+            return
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Everything the module logs follows DESIGN.md's names: ``{train,val}/loss/<term>/s<i>`` (weighted),
 ``{train,val}/unweighted/<term>/s<i>``, ``{train,val}/stat/<name>/s<i>``, ``{train,val}/loss/total``,
-``val/mAP50``, ``val/mAP50_95``, ``lr`` and ``warmup``.
+``val/mAP50``, ``val/mAP50_95``, ``lr``, ``lr_warmup`` (share of the epoch's steps inside the learning-rate
+warm-up) and ``warmup`` (share inside the loss's anchor-prior warm-up).
 
 The steps return ``{"loss", "breakdown"}`` (and ``"raw"``, the detached head outputs, in validation) so that
 diagnostics callbacks (``yololab.diagnostics.callbacks``) read them in ``on_*_batch_end``.
@@ -42,6 +43,7 @@ class YoloModule(L.LightningModule):
         self.loss = YoloLoss(self.cfg.loss, self.model.anchors, self.model.strides, len(names))
         self._dets: list[Tensor] = []
         self._truths: list[Tensor] = []
+        self._lr_warmup_steps = 0  # set by configure_optimizers
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return self.model(images)
@@ -53,6 +55,8 @@ class YoloModule(L.LightningModule):
         self._log_breakdown("train", breakdown, len(images))
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images))
+        self.log("lr_warmup", float(self.global_step < self._lr_warmup_steps), on_step=False, on_epoch=True,
+                 batch_size=len(images))
         return {"loss": breakdown.total, "breakdown": breakdown}
 
     def validation_step(self, batch: tuple, batch_idx: int) -> dict[str, Any]:
@@ -107,6 +111,7 @@ class YoloModule(L.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.momentum, 0.999))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = round(oc.warmup_epochs * total / max(self.trainer.max_epochs or 1, 1))
+        self._lr_warmup_steps = warmup
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total, warmup, oc.final_lr_fraction)
         )

@@ -19,13 +19,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import DataSpec, load_data_yaml
+from yololab.diagnostics.bn_check import BatchNormCheck
 from yololab.diagnostics.callbacks import diagnostics_callbacks
 from yololab.engine.checkpoint import AtomicCheckpointIO
 from yololab.engine.datamodule import YoloDataModule
+from yololab.engine.epoch_time import EpochTimer
 from yololab.engine.metrics_log import MetricsJsonl, read_metrics
 from yololab.engine.module import YoloModule
 from yololab.engine.progress import PlainProgress
 from yololab.engine.quiet import quiet_lightning
+from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.model import load_darknet_weights, parse_cfg
 from yololab.model.build import read_cfg_text
 
@@ -44,21 +47,29 @@ class TrainResult:
 
 def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
     ckpt_dir = cfg.run_dir / "checkpoints"
+    # EMA swaps its weights in at the validation-epoch start; precise BN then estimates the statistics of the
+    # weights validated, before the checkpoints below save them (engine/precise_bn.py).
+    ema = [EMAWeightAveraging(decay=cfg.train.ema_decay)] if cfg.train.ema else []
+    precise_bn = PreciseBatchNorm(cfg.train.precise_bn_batches) if cfg.train.precise_bn_batches else None
+    timer = EpochTimer(cfg.run_dir / "metrics.jsonl", precise_bn)
+    start, diagnostics_start, write_times = timer.callbacks()
     callbacks: list[L.Callback] = [
+        start, *ema, *([precise_bn] if precise_bn else []),
         # last.ckpt at every epoch end, whatever the validation schedule (no monitor: the newest is kept).
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
                         enable_version_counter=False, save_on_train_epoch_end=True),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
+        *([BatchNormCheck()] if cfg.train.bn_check else []),
         MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
+        diagnostics_start,
         *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir, cfg.doctor),
+        write_times,
     ]
     if progress == "rich":
         callbacks.append(RichProgressBar())
     elif progress == "plain":
         callbacks.append(PlainProgress())
-    if cfg.train.ema:
-        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     return callbacks
 
 
