@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from yololab.diagnostics.report import ReportError, compare_runs, final_metrics, load_runs, write_report
+from yololab.diagnostics.report import (
+    NOT_COMPARABLE,
+    ReportError,
+    compare_runs,
+    final_metrics,
+    load_runs,
+    losses_comparable,
+    write_report,
+)
 
 console = Console()
 
@@ -45,7 +53,8 @@ def compare_command(
     """
     try:
         path = compare_runs(runs, out)
-        rows = [final_metrics(r) for r in load_runs(runs)]
+        loaded = load_runs(runs)
+        rows = [final_metrics(r) for r in loaded]
     except ReportError as err:
         _fail(str(err))
     table = Table(title="final metrics (last val row)")
@@ -55,6 +64,8 @@ def compare_command(
     for row in rows:
         table.add_row(*(escape(_cell(row.get(k))) for k in header))
     console.print(table)
+    if not losses_comparable(loaded):
+        console.print(f"note: {escape(NOT_COMPARABLE)}")
     console.print(f"wrote {escape(str(path))}")
 
 
