@@ -320,16 +320,17 @@ def _schedule_note(runs: list[Run]) -> str:
                      "not show)")
         batches = loss.get("warmup_batches") or 0
         loss_warmup = (f"the first {batches} batches" if batches else "none (loss.warmup_batches = 0)")
-        lines.append(f"<li>{who}learning-rate warm-up over optim.warmup_epochs = {_setting(optim.get('warmup_epochs'))}"
-                     f" epochs, then cosine to final_lr_fraction = {_setting(optim.get('final_lr_fraction'))}; drawn from "
-                     f"{lr_source}. Anchor-prior warm-up of the loss (keras-yolo3's warmup_batches: unassigned "
-                     f"predictions regress to their anchor): {loss_warmup}.</li>")
+        warm, final = (html.escape(_setting(optim.get(k))) for k in ("warmup_epochs", "final_lr_fraction"))
+        lines.append(f"<li>{who}learning-rate warm-up over optim.warmup_epochs = {warm} epochs, then cosine to "
+                     f"final_lr_fraction = {final}; drawn from {lr_source}. Anchor-prior warm-up of the loss "
+                     f"(keras-yolo3's warmup_batches: predictions without a truth are also pulled to their cell "
+                     f"centre and anchor size): {loss_warmup}.</li>")
     return f"<ul>{''.join(lines)}</ul>"
 
 
 def _setting(value) -> str:
     """A config value as written in config.yaml (1.0, 0.05), not in the tables' fixed decimals."""
-    return html.escape(f"{value:g}" if isinstance(value, float) else str(value))
+    return f"{value:g}" if isinstance(value, float) else _fmt(value)
 
 
 def _schedule(runs: list[Run]) -> str:
@@ -425,7 +426,7 @@ def differing_settings(runs: list[Run]) -> list[dict]:
 
 
 def _settings_text(settings: dict) -> str:
-    shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={_fmt(v)}" for k, v in list(settings.items())[:MAX_SETTINGS]]
+    shown = [f"{k}={_setting(v)}" for k, v in list(settings.items())[:MAX_SETTINGS]]
     rest = len(settings) - MAX_SETTINGS
     return ", ".join(shown) + (f" … and {rest} more (see Configs)" if rest > 0 else "") if shown else "–"
 
