@@ -33,6 +33,7 @@ EVIL_NAME = "<script>alert('x')</script>"
 VAL_MAP50 = [0.10, 0.35, 0.30]
 VAL_MAP50_95 = [0.04, 0.12, 0.11]
 VAL_TOTAL = [9.0, 6.5, 4.25]
+IOU_PRIOR = {"train": 0.45, "val": 0.44}  # IoU of the anchors alone with the truths they are assigned
 VAL_IOU = {0: [0.40, 0.52, 0.61], 1: [None, 0.47, 0.55]}  # s1 had no positives in epoch 0
 # Gradient share per scale, term and epoch (train rows only); the terms of a scale sum to 1 at each epoch.
 GRAD_SHARES = {0: {"box": [0.5, 0.4, 0.3], "obj": [0.2, 0.3, 0.4], "noobj": [0.2, 0.2, 0.2], "cls": [0.1, 0.1, 0.1]},
@@ -72,7 +73,8 @@ def _rows(scale_offset: float = 0.0, grad_shares: dict | None = GRAD_SHARES) -> 
                     row[f"loss/{term}/s{s}"] = value
                     row[f"unweighted/{term}/s{s}"] = 2 * value
                 iou = VAL_IOU[s][epoch] if split == "val" else 0.5
-                row |= {f"stat/iou/s{s}": iou, f"stat/obj_pos/s{s}": None if iou is None else 0.3 + 0.1 * epoch,
+                row |= {f"stat/iou/s{s}": iou, f"stat/iou_prior/s{s}": IOU_PRIOR[split],
+                        f"stat/obj_pos/s{s}": None if iou is None else 0.3 + 0.1 * epoch,
                         f"stat/obj_neg/s{s}": 0.01 / (epoch + 1), f"stat/cls_prob/s{s}": 0.2 * (epoch + 1),
                         f"stat/recall50/s{s}": 0.3 * epoch, f"stat/recall75/s{s}": 0.1 * epoch,
                         f"stat/n_pos/s{s}": 0.0 if iou is None else 12.0, f"stat/n_ignored/s{s}": 3.0}

@@ -211,29 +211,31 @@ def stats_grid(runs) -> Figure | None:
         return None
     single = len(runs) == 1
     fig, axes = _grid(len(STAT_PANELS), len(scales))
+    drawn = set()  # (stat, split) pairs with data: the legend lists only those
     for r, (title, stats, log) in enumerate(STAT_PANELS):
         for c, scale in enumerate(scales):
             ax = axes[r][c]
             for i, (_, rows) in enumerate(runs):
                 for k, name in enumerate(stats):
-                    key = f"stat/{name}/s{scale}"
-                    if single:
-                        for split, colour in zip(SPLIT_STYLE, STAT_COLOURS[name], strict=True):
-                            _line(ax, *series(rows, split, key), colour, SPLIT_STYLE[split])
-                    else:
-                        _line(ax, *series(rows, "val", key), run_colour(i), STAT_STYLES[k])
+                    for j, split in enumerate(SPLIT_STYLE if single else ("val",)):
+                        x, y = series(rows, split, f"stat/{name}/s{scale}")
+                        if single:
+                            _line(ax, x, y, STAT_COLOURS[name][j], SPLIT_STYLE[split])
+                        else:
+                            _line(ax, x, y, run_colour(i), STAT_STYLES[k])
+                        drawn |= {(name, split)} if x else set()
             if log and ax.has_data() and _positive(ax):
                 ax.set_yscale("log")
             _panel(ax, f"{title} / s{scale}")
     axes[-1][0].set_xlabel("epoch", fontsize="small")
     if single:
         keys = [Key(f"{name} {split}", STAT_COLOURS[name][j], SPLIT_STYLE[split])
-                for _, stats, _ in STAT_PANELS for name in stats for j, split in enumerate(SPLIT_STYLE)]
+                for _, stats, _ in STAT_PANELS for name in stats for j, split in enumerate(SPLIT_STYLE)
+                if (name, split) in drawn]
     else:
-        first = ", ".join(stats[0] for _, stats, _ in STAT_PANELS if len(stats) > 1)
-        second = ", ".join(stats[1] for _, stats, _ in STAT_PANELS if len(stats) > 1)
-        keys = [*_run_keys(runs), Key(f"val {first}", KEY_COLOUR, STAT_STYLES[0], style_only=True),
-                Key(f"val {second}", KEY_COLOUR, STAT_STYLES[1], style_only=True)]
+        paired = [[name for name in stats if (name, "val") in drawn] for _, stats, _ in STAT_PANELS if len(stats) > 1]
+        keys = _run_keys(runs) + [Key("val " + ", ".join(names), KEY_COLOUR, STAT_STYLES[k], style_only=True)
+                                  for k in range(2) if (names := [p[k] for p in paired if len(p) == 2])]
     _legend(fig, keys)
     return fig
 
