@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from yololab.commands.report import compare_command, report_command
 from yololab.config import build_config, save_config
 from yololab.diagnostics import plots
-from yololab.diagnostics.report import ReportError, compare_runs, write_report
+from yololab.diagnostics.report import (
+    ReportError,
+    compare_runs,
+    differing_settings,
+    load_runs,
+    severity_counts,
+    write_report,
+)
 
 MIN_PNG_BYTES = 2_000  # a blank or empty plot compresses far below this
 EVIL_NAME = "<script>alert('x')</script>"
@@ -26,6 +33,7 @@ EVIL_NAME = "<script>alert('x')</script>"
 VAL_MAP50 = [0.10, 0.35, 0.30]
 VAL_MAP50_95 = [0.04, 0.12, 0.11]
 VAL_TOTAL = [9.0, 6.5, 4.25]
+IOU_PRIOR = {"train": 0.45, "val": 0.44}  # IoU of the anchors alone with the truths they are assigned
 VAL_IOU = {0: [0.40, 0.52, 0.61], 1: [None, 0.47, 0.55]}  # s1 had no positives in epoch 0
 # Gradient share per scale, term and epoch (train rows only); the terms of a scale sum to 1 at each epoch.
 GRAD_SHARES = {0: {"box": [0.5, 0.4, 0.3], "obj": [0.2, 0.3, 0.4], "noobj": [0.2, 0.2, 0.2], "cls": [0.1, 0.1, 0.1]},
@@ -46,6 +54,9 @@ FINDINGS = [
      "suggestion": "augment",
      "changes": []},
 ]
+# lr of every step (lr.jsonl): 4 steps per epoch, a linear warm-up over epoch 0 (0.25, 0.5, 0.75, 1 of lr 0.004),
+# then falling; the train rows' "lr" keeps only each epoch's last step, which misses the ramp.
+LR_STEPS = [[0.001, 0.002, 0.003, 0.004], [0.004, 0.0035, 0.003, 0.0025], [0.002, 0.0015, 0.001, 0.0005]]
 ANCHOR_FIT = {"n_truths": 40, "n_anchors": 4, "anchor_t": 4.0, "anchors": [[10, 14], [23, 27], [37, 58], [81, 82]],
               "mean_best_iou": 0.7123, "bpr_iou50": 0.875, "share_per_anchor": [0.1, 0.2, 0.3, 0.4],
               "share_per_scale": [0.7, 0.3], "strides": [32, 16]}
@@ -62,7 +73,8 @@ def _rows(scale_offset: float = 0.0, grad_shares: dict | None = GRAD_SHARES) -> 
                     row[f"loss/{term}/s{s}"] = value
                     row[f"unweighted/{term}/s{s}"] = 2 * value
                 iou = VAL_IOU[s][epoch] if split == "val" else 0.5
-                row |= {f"stat/iou/s{s}": iou, f"stat/obj_pos/s{s}": None if iou is None else 0.3 + 0.1 * epoch,
+                row |= {f"stat/iou/s{s}": iou, f"stat/iou_prior/s{s}": IOU_PRIOR[split],
+                        f"stat/obj_pos/s{s}": None if iou is None else 0.3 + 0.1 * epoch,
                         f"stat/obj_neg/s{s}": 0.01 / (epoch + 1), f"stat/cls_prob/s{s}": 0.2 * (epoch + 1),
                         f"stat/recall50/s{s}": 0.3 * epoch, f"stat/recall75/s{s}": 0.1 * epoch,
                         f"stat/n_pos/s{s}": 0.0 if iou is None else 12.0, f"stat/n_ignored/s{s}": 3.0}
@@ -84,12 +96,17 @@ def _histograms() -> list[dict]:
 
 
 def make_run(root: Path, name: str, findings: bool = True, scale_offset: float = 0.0,
-             grad_shares: dict | None = GRAD_SHARES) -> Path:
+             grad_shares: dict | None = GRAD_SHARES, preset: str = "darknet", settings: dict | None = None,
+             lr_steps: bool = True) -> Path:
+    """A run folder written by hand; ``settings``: nested config overrides (e.g. {"optim": {"lr": 0.01}})."""
     run = root / f"run_{len(list(root.glob('run_*')))}"
     run.mkdir(parents=True)
-    save_config(build_config({"name": name, "preset": "darknet", "data": {"data": "data/digits/data.yaml"},
-                              "train": {"epochs": 3}}), run / "config.yaml")
+    save_config(build_config({"name": name, "preset": preset, "data": {"data": "data/digits/data.yaml"},
+                              "train": {"epochs": 3}, **(settings or {})}), run / "config.yaml")
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(scale_offset, grad_shares)))
+    if lr_steps:
+        (run / "lr.jsonl").write_text("".join(json.dumps({"epoch": e, "step": 4 * e, "lr": lrs}) + "\n"
+                                              for e, lrs in enumerate(LR_STEPS)))
     (run / "anchor_fit.json").write_text(json.dumps(ANCHOR_FIT))
     (run / "histograms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _histograms()))
     if findings:
@@ -194,13 +211,14 @@ def test_images_are_embedded_pngs(report):
     assert "<link" not in html_text and "src=\"http" not in html_text
 
 
-def test_loss_grid_has_a_row_per_scale_and_a_column_per_term(report):
+def test_loss_grid_has_a_row_per_term_and_a_column_per_scale(report):
     src = report[1].imgs[0]
     with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
         width, height = image.size
-    # plots.PANEL_SIZE is 2.6 x 1.9 inches at 80 dpi: 4 terms wide, 2 scales high (+ 0.8-inch legend strip)
-    assert width == round(4 * 2.6 * 80)
-    assert height == round((2 * 1.9 + 0.8) * 80)
+    # plots.PANEL_SIZE is 4.2 x 2.4 inches at 100 dpi: 2 scales wide, 4 terms high, plus the margins (0.7 + 0.2
+    # inches across, 0.35 + 0.5 down); the legend strip is taken off (the page shows the legend as HTML)
+    assert width == round((2 * 4.2 + 0.7 + 0.2) * 100)
+    assert height == round((4 * 2.4 + 0.35 + 0.5) * 100)
 
 
 def test_findings_table_lists_each_finding(report):
@@ -279,6 +297,7 @@ def test_compare_two_runs(tmp_path):
     table = page.table_with("val mAP50")
     rows = {row[0]: dict(zip(table[0], row, strict=True)) for row in table[1:]}
     assert set(rows) == {"alpha", "beta"}
+    assert rows["alpha"]["preset"] == "darknet" and rows["alpha"]["settings that differ"] == "–"  # same config
     # the last val row is epoch 2: mAP50 0.30, mAP50_95 0.11, loss/total 4.25, iou 0.61 / 0.55
     assert rows["alpha"]["val mAP50"] == "0.3000"
     assert rows["alpha"]["val mAP50_95"] == "0.1100"
@@ -294,6 +313,81 @@ def test_compare_two_runs(tmp_path):
     assert _colour_pixels(src, "C0") > 0 and _colour_pixels(src, "C1") > 0
 
 
+def test_compare_runs_of_different_presets(tmp_path):
+    a = make_run(tmp_path, "alpha")
+    b = make_run(tmp_path, "beta", findings=False, preset="keras-yolo3",
+                 settings={"optim": {"lr": 0.01}, "loss": {"warmup_batches": 8}})
+    page = Page(compare_runs([a, b], tmp_path / "cmp.html").read_text())
+    table = page.table_with("preset")
+    rows = {row[0]: dict(zip(table[0], row, strict=True)) for row in table[1:]}
+    assert (rows["alpha"]["preset"], rows["beta"]["preset"]) == ("darknet", "keras-yolo3")
+    # what differs besides the preset: the lr (both runs) and warmup_batches (0 is darknet's own value, so alpha's
+    # row leaves it out; 8 is not keras-yolo3's); keras-yolo3's own weights and aggregation are not listed
+    assert rows["alpha"]["settings that differ"] == "optim.lr=0.002"
+    assert rows["beta"]["settings that differ"] == "optim.lr=0.01, loss.warmup_batches=8"
+    # the loss settings differ: the total is marked, and the loss curves are drawn relative to their start
+    assert "val loss/total (not comparable)" in table[0] and "val loss/total" not in table[0]
+    assert rows["alpha"]["val loss/total (not comparable)"] == "4.2500"
+    assert "not comparable" in "".join(page.section_text["losses"])
+    text = "".join(page.section_text["findings"])
+    assert "alpha (darknet): 1 error, 1 warning" in text and "beta (keras-yolo3): no findings.json" in text
+    assert text.count("objectness_collapse") == 1  # alpha's table, inside its <details>
+
+
+def test_differing_settings_by_hand(tmp_path):
+    a = make_run(tmp_path, "a", settings={"optim": {"lr": 0.01}, "train": {"epochs": 5}})
+    b = make_run(tmp_path, "b", settings={"loss": {"obj_weight": 2.0}})
+    # a's obj_weight (1.0) is its preset's (darknet) own value: only b's change of it is listed
+    assert differing_settings(load_runs([a, b])) == [
+        {"optim.lr": 0.01, "train.epochs": 5},
+        {"optim.lr": 0.002, "train.epochs": 3, "loss.obj_weight": 2.0}]
+
+
+def test_severity_counts_most_severe_first():
+    findings = [{"severity": "info"}, {"severity": "warning"}, {"severity": "error"}, {"severity": "info"}]
+    assert severity_counts(findings) == "1 error, 1 warning, 2 info"
+    assert severity_counts([]) == "none" and severity_counts(None) == "no findings.json"
+
+
+def test_loss_grid_normalised_starts_at_one():
+    rows = _rows()
+    fig = plots.loss_grid([("a", rows), ("b", _rows(scale_offset=1.0))], normalise=True)
+    ax = fig.axes[0]  # box / s0
+    assert ax.get_title() == "box / s0"
+    # run a, box, s0: train values (k + 1)/(e + 1) = 1, 0.5, 0.333; val 0.1 above; divided by the first train 1.0
+    # run b: 1 above (train 2, 1.5, 1.333; val 2.1, 1.6, 1.433): divided by its first train value 2
+    ys = [list(line.get_ydata()) for line in ax.get_lines()]
+    assert ys == [pytest.approx([1, 0.5, 1 / 3]), pytest.approx([1.1, 0.6, 0.1 + 1 / 3]),
+                  pytest.approx([1, 0.75, 2 / 3]), pytest.approx([2.1 / 2, 1.6 / 2, (1 / 3 + 1.1) / 2])]
+
+
+def test_schedule_draws_the_lr_of_every_step_and_the_loss_warmup(tmp_path):
+    fig = plots.schedule_plot([("a", _rows())], [load_runs([make_run(tmp_path, "a")])[0].lr_steps], [1.0])
+    lr_ax, warm_ax = fig.axes[0], fig.axes[1]
+    (lr_line, warm_end) = lr_ax.get_lines()
+    # step k of epoch e sits at e + k/4: the ramp 0.001 .. 0.004 across epoch 0 is drawn, not only its end
+    assert list(lr_line.get_xdata()) == pytest.approx([e + k / 4 for e in range(3) for k in range(4)])
+    assert list(lr_line.get_ydata()) == pytest.approx([v for lrs in LR_STEPS for v in lrs])
+    assert list(warm_end.get_xdata()) == [1.0, 1.0]  # optim.warmup_epochs: a vertical line at epoch 1
+    (warm,) = warm_ax.get_lines()
+    assert list(warm.get_ydata()) == [1.0, 0.0, 0.0]  # the train rows' "warmup": max(0, 1 - epoch)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["lr per step", "end of the lr warm-up (optim.warmup_epochs)",
+                      "anchor-prior warm-up: share of batches"]
+    colours = [to_rgb(h.get_color()) for h in fig.legends[0].legend_handles]
+    assert len(set(colours)) == 3
+    assert [to_rgb(line.get_color()) for line in (lr_line, warm_end, warm)] == colours
+
+
+def test_schedule_without_lr_file_uses_the_epoch_rows(tmp_path):
+    page = Page(write_report(make_run(tmp_path, "old", lr_steps=False), tmp_path / "r.html").read_text())
+    assert "no lr.jsonl in this run" in "".join(page.section_text["schedule"])
+    fig = plots.schedule_plot([("a", _rows())])
+    (lr_line,) = fig.axes[0].get_lines()
+    assert list(lr_line.get_xdata()) == [0, 1, 2] and list(lr_line.get_ydata()) == [0.001, 0.002, 0.003]
+    assert fig.legends[0].get_texts()[0].get_text() == "lr at the epoch's last step"
+
+
 def _png(src: str) -> Image.Image:
     prefix = "data:image/png;base64,"
     assert src.startswith(prefix)
@@ -301,20 +395,20 @@ def _png(src: str) -> Image.Image:
 
 
 def _colour_pixels(src: str, colour: str, tolerance: int = 8) -> int:
-    """Pixels of the embedded PNG ``src`` within ``tolerance`` (per channel, 0..255) of a matplotlib colour,
-    above the legend strip at the bottom (the legend shows every run's colour whatever the panels hold)."""
-    image = _png(src)
-    panels = image.crop((0, 0, image.width, image.height - round(plots.LEGEND_HEIGHT * plots.DPI)))
+    """Pixels of the embedded PNG ``src`` (a page's plot: its legend is HTML, not in the image) within ``tolerance``
+    (per channel, 0..255) of a matplotlib colour."""
+    panels = _png(src)
     target = [round(255 * c) for c in to_rgb(colour)]
     return sum(all(abs(p - t) <= tolerance for p, t in zip(pixel, target, strict=True))
                for pixel in panels.getdata())
 
 
-def _lines(fig) -> list[dict[tuple[str, str], tuple[list, list]]]:
+def _lines(fig, single_run: str | None = None) -> list[dict[tuple[str, str], tuple[list, list]]]:
     """Per panel (in figure order): {(run label, term): (x, y)} of its lines.
 
-    The run of a line is the legend entry of the same colour, its term the legend entry with the same line
-    style and marker (public matplotlib API only: the legend's handles and texts, the lines' data)."""
+    Several runs: the run of a line is the legend entry of the same colour, its term the legend entry with the
+    same line style and marker. One run (its label is not in the legend): the term is the entry of the same
+    colour. Public matplotlib API only: the legend's handles and texts, the lines' data."""
     (legend,) = fig.legends
     runs, terms = {}, {}
     for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
@@ -322,11 +416,16 @@ def _lines(fig) -> list[dict[tuple[str, str], tuple[list, list]]]:
             runs[to_rgb(handle.get_color())] = text.get_text()
         else:
             terms[(handle.get_linestyle(), handle.get_marker())] = text.get_text()
+    by_colour = {to_rgb(h.get_color()): t.get_text() for h, t in zip(legend.legend_handles, legend.get_texts(),
+                                                                       strict=True)}
     panels = []
     for ax in fig.axes:
         found = {}
         for line in ax.get_lines():
-            key = (runs[to_rgb(line.get_color())], terms[(line.get_linestyle(), line.get_marker())])
+            if runs:
+                key = (runs[to_rgb(line.get_color())], terms[(line.get_linestyle(), line.get_marker())])
+            else:
+                key = (single_run, by_colour[to_rgb(line.get_color())])
             assert key not in found, f"two lines for {key} in panel {ax.get_title()}"
             found[key] = (list(line.get_xdata()), list(line.get_ydata()))
         panels.append(found)
@@ -341,7 +440,10 @@ def test_grad_share_section_has_one_png(report):
     assert len(base64.b64decode(src.split(",", 1)[1])) > MIN_PNG_BYTES
     text = "".join(page.section_text["grad_shares"])
     assert "gradient norm" in text and GRAD_SHARE_SECTION_NOTE not in text
-    assert _colour_pixels(src, "C0") > 0 and _colour_pixels(src, "C1") == 0  # one run: one colour
+    # one run: a colour per term (box, obj, noobj, cls), none for the absent xy and wh
+    for term in ("box", "obj", "noobj", "cls"):
+        assert _colour_pixels(src, plots.TERM_COLOURS[term]) > 0, term
+    assert _colour_pixels(src, plots.TERM_COLOURS["xy"]) == _colour_pixels(src, plots.TERM_COLOURS["wh"]) == 0
 
 
 def test_report_without_grad_shares_shows_the_note(tmp_path):
@@ -355,8 +457,8 @@ def test_report_without_grad_shares_shows_the_note(tmp_path):
 def test_grad_share_grid_plots_the_logged_shares():
     fig = plots.grad_share_grid([("a", _rows())], strides=ANCHOR_FIT["strides"])
     assert [ax.get_title() for ax in fig.axes] == ["s0 (stride 32)", "s1 (stride 16)"]
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "box", "obj", "noobj", "cls"]
-    for scale, (ax, found) in enumerate(zip(fig.axes, _lines(fig), strict=True)):
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["box", "obj", "noobj", "cls"]
+    for scale, (ax, found) in enumerate(zip(fig.axes, _lines(fig, single_run="a"), strict=True)):
         assert found == {("a", term): ([0, 1, 2], pytest.approx(values))
                          for term, values in GRAD_SHARES[scale].items()}
         low, high = ax.get_ylim()

@@ -43,11 +43,19 @@ def compare_command(
 
     Example: yololab compare runs/presets/yololab runs/presets/darknet --out compare.html
     """
-    from yololab.diagnostics.report import ReportError, compare_runs, final_metrics, load_runs
+    from yololab.diagnostics.report import (
+        NOT_COMPARABLE,
+        ReportError,
+        compare_runs,
+        final_metrics,
+        load_runs,
+        losses_comparable,
+    )
 
     try:
         path = compare_runs(runs, out)
-        rows = [final_metrics(r) for r in load_runs(runs)]
+        loaded = load_runs(runs)
+        rows = [final_metrics(r) for r in loaded]
     except ReportError as err:
         _fail(str(err))
     table = Table(title="final metrics (last val row)")
@@ -57,6 +65,8 @@ def compare_command(
     for row in rows:
         table.add_row(*(escape(_cell(row.get(k))) for k in header))
     console.print(table)
+    if not losses_comparable(loaded):
+        console.print(f"note: {escape(NOT_COMPARABLE)}")
     console.print(f"wrote {escape(str(path))}")
 
 

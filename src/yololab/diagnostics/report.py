@@ -1,9 +1,13 @@
 """The HTML report of a run (``write_report``) and of several runs side by side (``compare_runs``).
 
 One self-contained file: inline CSS, plots embedded as base64 PNG data URIs, no script, no external
-resource. A run folder holds ``config.yaml``, ``metrics.jsonl``, and optionally ``anchor_fit.json`` and
-``findings.json`` (the doctor's list of findings) and ``histograms.jsonl`` (validation histograms); a
-missing optional file leaves its section with a note.
+resource. A run folder holds ``config.yaml``, ``metrics.jsonl``, and optionally ``anchor_fit.json``,
+``findings.json`` (the doctor's list of findings), ``histograms.jsonl`` (validation histograms) and ``lr.jsonl``
+(the learning rate of every step); a missing optional file leaves its section with a note.
+
+A page is a list of sections, each built by one function from the run (``REPORT_SECTIONS``) or the runs
+(``COMPARE_SECTIONS``); a new section is one more function and one more entry there. Each plot carries its
+legend as HTML above the image (a swatch per colour or line style, and what it stands for).
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from yololab.diagnostics import plots
-from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl
+from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl, read_lr_steps
 from yololab.diagnostics.threshold_plots import thresholds_section
 from yololab.errors import FileProblem
+from yololab.loss.presets import preset
 
 REPORT_NAME = "report.html"
 TEST_METRICS = "test_metrics.json"
@@ -30,6 +37,17 @@ SMALL = 10.0 ** -(DIGITS - 1)  # below this, significant digits instead of decim
 SEVERITY_COLOURS = {"error": "#f8d0d0", "critical": "#f8d0d0", "warning": "#fbe6c2", "warn": "#fbe6c2",
                     "info": "#d6e6f8"}
 NEUTRAL = "#eeeeee"
+SEVERITY_ORDER = ("error", "critical", "warning", "warn", "info")  # how the per-run finding counts are listed
+# Config keys that name a run rather than set it: never listed as a difference between runs.
+NAMING_KEYS = ("name", "project", "preset")
+MAX_SETTINGS = 8  # differing settings listed per run in the compare table; the rest are counted
+# Legend swatch: SVG size in px and the dash pattern of each matplotlib line style.
+SWATCH = (36, 14)
+DASHES = {"-": "", "--": "7,4", ":": "2,3", "-.": "7,3,2,3"}
+NOT_COMPARABLE = ("The runs' loss settings differ (preset, weights, reduction or aggregation): their loss values are "
+                  "sums of different terms on different scales, so val loss/total is not comparable between them.")
+NORMALISED = ("Each curve is divided by its run's first train value (1 at the start), so that runs whose loss "
+              "settings differ are compared by the shape of their curves, not their size.")
 GRAD_SHARE_NOTE = ("Each term's share of the gradient norm with respect to the raw head outputs, among the terms "
                    "of its scale (train, on one fixed batch, mean over the epoch's measurements): the term near "
                    "1 is the one driving that head.")
@@ -41,7 +59,12 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; m
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } td.num { text-align: right; font-family: monospace; }
-img { max-width: 100%; display: block; margin: 0.5em 0; }
+img { max-width: 100%; display: block; margin: 0.2em 0 0.5em 0; }
+figure { margin: 0.5em 0; }
+.legend { display: flex; flex-wrap: wrap; gap: 0.3em 1.2em; font-size: 0.9em; margin: 0.3em 0; }
+.key { display: inline-flex; align-items: center; gap: 0.35em; white-space: nowrap; }
+.note { background: #fff6d6; border-left: 4px solid #e0b000; padding: 0.4em 0.7em; }
+details.findings { margin: 0.3em 0; } details.findings > summary { cursor: pointer; padding: 0.2em 0; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .none { color: #777; font-style: italic; }
 """
@@ -64,6 +87,7 @@ class Run:
     findings: list[dict] | None = None
     histograms: list[dict] = field(default_factory=list)
     test: dict | None = None  # test_metrics.json (``yololab demo`` writes it after training)
+    lr_steps: list[dict] = field(default_factory=list)  # lr.jsonl rows; [] for runs from before it existed
     label: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -97,7 +121,8 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(path=run_dir, name=str(config.get("name") or run_dir.name), config=config,
                config_text=config_text, rows=read_rows(run_dir / "metrics.jsonl"),
                anchor_fit=_read_json(run_dir / "anchor_fit.json", dict), findings=findings,
-               histograms=histograms, test=_read_json(run_dir / TEST_METRICS, dict))
+               histograms=histograms, test=_read_json(run_dir / TEST_METRICS, dict),
+               lr_steps=read_lr_steps(run_dir, ReportError))
 
 
 def read_rows(path: Path, required: tuple[str, ...] = ROW_KEYS) -> list[dict]:
@@ -181,15 +206,41 @@ def _table(header: list[str], body: list[list], row_styles: list[str] | None = N
 
 
 def _img(fig, alt: str) -> str:
+    """The plot as an embedded PNG under its legend (HTML); a note when there was nothing to plot."""
     if fig is None:
         return f'<p class="none">no {html.escape(alt)} logged</p>'
-    return f'<img alt="{html.escape(alt)}" src="{plots.data_uri(fig)}">'
+    keys = plots.detach_legend(fig)
+    return f'<figure>{_legend(keys)}<img alt="{html.escape(alt)}" src="{plots.data_uri(fig)}"></figure>'
 
 
-def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
-    """``sections``: (id, heading, inner html) in page order."""
-    body = "".join(f'<section id="{sid}"><h2>{html.escape(heading)}</h2>{inner}</section>'
-                   for sid, heading, inner in sections)
+def _legend(keys: list[plots.Key]) -> str:
+    entries = "".join(f'<span class="key{" style" if k.style_only else ""}" data-colour="{k.colour}">{_swatch(k)}'
+                      f"{html.escape(k.label)}</span>" for k in keys)
+    return f'<div class="legend">{entries}</div>'
+
+
+def _swatch(key: plots.Key) -> str:
+    """A short line in the key's colour and dash pattern, with its marker in the middle, as inline SVG."""
+    width, height = SWATCH
+    mid = height / 2
+    parts = []
+    if key.linestyle in DASHES:
+        dash = f' stroke-dasharray="{DASHES[key.linestyle]}"' if DASHES[key.linestyle] else ""
+        parts.append(f'<line x1="0" y1="{mid}" x2="{width}" y2="{mid}" stroke="{key.colour}" stroke-width="2.5"'
+                     f"{dash}/>")
+    if key.marker:
+        parts.append(f'<circle cx="{width / 2}" cy="{mid}" r="{mid / 2.5}" fill="{key.colour}"/>')
+    return (f'<svg class="swatch" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'aria-hidden="true">{"".join(parts)}</svg>')
+
+
+Section = tuple[str, str, Callable]  # (id, heading, builder of the section's inner HTML)
+
+
+def _page(title: str, sections: list[Section], source) -> str:
+    """``sections`` in page order, each builder called with ``source`` (a Run, or the list of runs compared)."""
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(heading)}</h2>{build(source)}</section>'
+                   for sid, heading, build in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
 
@@ -217,6 +268,15 @@ def _findings(findings: list[dict] | None) -> str:
         return "<p>the doctor found nothing to report</p>"
     styles = [SEVERITY_COLOURS.get(str(f.get("severity", "")).lower(), NEUTRAL) for f in findings]
     return _table(list(FINDING_COLUMNS), [[f.get(c) for c in FINDING_COLUMNS] for f in findings], styles)
+
+
+def severity_counts(findings: list[dict] | None) -> str:
+    """"2 error, 1 warning" (most severe first), "none" for an empty list, "no findings.json" for None."""
+    if findings is None:
+        return "no findings.json"
+    counts = Counter(str(f.get("severity", "unknown")).lower() for f in findings)
+    order = [s for s in SEVERITY_ORDER if s in counts] + sorted(set(counts) - set(SEVERITY_ORDER))
+    return ", ".join(f"{counts[s]} {s}" for s in order) or "none"
 
 
 def _anchor_fit(fit: dict | None) -> str:
@@ -250,31 +310,68 @@ def _config(run: Run) -> str:
     return f"<details><summary>config.yaml</summary><pre>{html.escape(run.config_text)}</pre></details>"
 
 
+def _schedule_note(runs: list[Run]) -> str:
+    """What each curve of the schedule plot is, with each run's settings of both warm-ups."""
+    lines = []
+    for run in runs:
+        optim, loss = run.config.get("optim") or {}, run.config.get("loss") or {}
+        who = f"{html.escape(run.label)}: " if len(runs) > 1 else ""
+        lr_source = ("the lr of every step (lr.jsonl)" if run.lr_steps else
+                     "no lr.jsonl in this run, so only each epoch's last-step lr (a warm-up inside an epoch does "
+                     "not show)")
+        batches = loss.get("warmup_batches") or 0
+        loss_warmup = (f"the first {batches} batches" if batches else "none (loss.warmup_batches = 0)")
+        warm, final = (html.escape(_setting(optim.get(k))) for k in ("warmup_epochs", "final_lr_fraction"))
+        lines.append(f"<li>{who}learning-rate warm-up over optim.warmup_epochs = {warm} epochs, then cosine to "
+                     f"final_lr_fraction = {final}; drawn from {lr_source}. Anchor-prior warm-up of the loss "
+                     f"(keras-yolo3's warmup_batches: predictions without a truth are also pulled to their cell "
+                     f"centre and anchor size): {loss_warmup}.</li>")
+    return f"<ul>{''.join(lines)}</ul>"
+
+
+def _setting(value) -> str:
+    """A config value as written in config.yaml (1.0, 0.05), not in the tables' fixed decimals."""
+    return f"{value:g}" if isinstance(value, float) else _fmt(value)
+
+
+def _schedule(runs: list[Run]) -> str:
+    fig = plots.schedule_plot([(r.label, r.rows) for r in runs], [r.lr_steps for r in runs],
+                              [(r.config.get("optim") or {}).get("warmup_epochs") for r in runs])
+    return _schedule_note(runs) + _img(fig, "learning rate")
+
+
+def _curves(runs: list[Run]) -> list[tuple[str, list[dict]]]:
+    return [(r.label, r.rows) for r in runs]
+
+
+REPORT_SECTIONS: list[Section] = [
+    ("summary", "Summary", lambda run: _summary(run) + _config(run)),
+    ("findings", "Findings", lambda run: _findings(run.findings)),
+    ("losses", "Loss terms: train (solid) vs val (dashed)", lambda run: _img(plots.loss_grid(_curves([run])),
+                                                                              "loss terms")),
+    ("grad_shares", "Gradient shares", lambda run: _grad_shares([run])),
+    ("statistics", "Statistics per scale", lambda run: _img(plots.stats_grid(_curves([run])), "statistics")),
+    ("schedule", "Learning rate and the loss's anchor-prior warm-up", lambda run: _schedule([run])),
+    ("histograms", "Validation histograms",
+     lambda run: _img(plots.histogram_grid([(run.label, run.histograms)]), "histograms")),
+    ("map", "Validation mAP", lambda run: _img(plots.map_plot(_curves([run])), "mAP")),
+    ("thresholds", "Confidence thresholds", lambda run: thresholds_section(run.path)[2]),
+    ("anchors", "Anchor fit", lambda run: _anchor_fit(run.anchor_fit)),
+]
+
+
 def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """Write the report of one run to ``path`` (default ``run_dir/report.html``); returns the path.
 
-    Sections, in order: summary with the resolved config, findings, loss curves (rows = scales, columns =
-    terms; train solid, val dashed), gradient shares per scale, statistics per scale, lr and warm-up share,
-    validation histograms, mAP, anchor fit. The gradient shares follow the loss curves because they tell
-    which of those terms actually drives each head. Raises ReportError for a missing or bad run file.
+    Sections (``REPORT_SECTIONS``), in order: summary with the resolved config, findings, loss curves (rows =
+    terms, columns = scales; train solid, val dashed), gradient shares per scale, statistics per scale, learning
+    rate and the loss's anchor-prior warm-up, validation histograms, mAP, anchor fit. The gradient shares follow
+    the loss curves because they tell which of those terms actually drives each head. Raises ReportError for a
+    missing or bad run file.
     """
     run = load_run(run_dir)
     path = Path(path) if path is not None else run.path / REPORT_NAME
-    curves = [(run.label, run.rows)]
-    sections = [
-        ("summary", "Summary", _summary(run) + _config(run)),
-        ("findings", "Findings", _findings(run.findings)),
-        ("losses", "Loss terms: train (solid) vs val (dashed)", _img(plots.loss_grid(curves), "loss terms")),
-        ("grad_shares", "Gradient shares", _grad_shares([run])),
-        ("statistics", "Statistics per scale", _img(plots.stats_grid(curves), "statistics")),
-        ("schedule", "Learning rate and warm-up", _img(plots.schedule_plot(curves), "learning rate")),
-        ("histograms", "Validation histograms", _img(plots.histogram_grid([(run.label, run.histograms)]),
-                                                      "histograms")),
-        ("map", "Validation mAP", _img(plots.map_plot(curves), "mAP")),
-        thresholds_section(run.path),
-        ("anchors", "Anchor fit", _anchor_fit(run.anchor_fit)),
-    ]
-    path.write_text(_page(f"yololab report: {run.name}", sections), encoding="utf-8")
+    path.write_text(_page(f"yololab report: {run.name}", REPORT_SECTIONS, run), encoding="utf-8")
     return path
 
 
@@ -291,45 +388,117 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     return runs
 
 
+def losses_comparable(runs: list[Run]) -> bool:
+    """True when every run has the same loss settings, so that their loss values are on one scale."""
+    return all((r.config.get("loss") or {}) == (runs[0].config.get("loss") or {}) for r in runs)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"optim.lr": 0.002, …}`` of a nested config."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _preset_loss(name) -> dict:
+    """The loss settings a preset resolves to; {} for a name yololab does not know (an older or renamed preset)."""
+    try:
+        return preset(str(name)).model_dump()
+    except ValueError:
+        return {}
+
+
+def differing_settings(runs: list[Run]) -> list[dict]:
+    """Per run, the settings whose value is not the same in every run, as ``{"optim.lr": 0.002}``.
+
+    Left out: names (name, project, preset: the preset has its own column) and loss settings that only follow from
+    the run's preset (its value is the preset's); a loss setting changed on top of the preset stays."""
+    flats = [_flat(r.config) for r in runs]
+    keys = [k for k in dict.fromkeys(k for flat in flats for k in flat) if k not in NAMING_KEYS
+            and len({json.dumps(flat.get(k), sort_keys=True, default=str) for flat in flats}) > 1]
+    out = []
+    for run, flat in zip(runs, flats, strict=True):
+        from_preset = {f"loss.{k}": v for k, v in _preset_loss(run.config.get("preset")).items()}
+        out.append({k: flat.get(k) for k in keys if not (k in from_preset and from_preset[k] == flat.get(k))})
+    return out
+
+
+def _settings_text(settings: dict) -> str:
+    shown = [f"{k}={_setting(v)}" for k, v in list(settings.items())[:MAX_SETTINGS]]
+    rest = len(settings) - MAX_SETTINGS
+    return ", ".join(shown) + (f" … and {rest} more (see Configs)" if rest > 0 else "") if shown else "–"
+
+
 def final_metrics(run: Run) -> dict:
-    """The final-metrics row of ``compare_runs``: last val mAPs, val loss/total and per-scale val iou."""
+    """The final-metrics row of ``compare_runs``: preset, last val mAPs, val loss/total and per-scale val iou."""
     last = final_row(run.rows, "val") or {}
     scales, _ = plots.scales_and_terms(run.rows)
     best = best_epoch(run.rows)
-    return {"run": run.label, "epoch": last.get("epoch"), "val mAP50": last.get("mAP50"),
-            "val mAP50_95": last.get("mAP50_95"), "val loss/total": last.get("loss/total"),
+    epochs_run = len({row["epoch"] for row in run.rows if row.get("split") == "train"})
+    return {"run": run.label, "preset": run.config.get("preset"), "epochs": epochs_run,
+            "val mAP50": last.get("mAP50"), "val mAP50_95": last.get("mAP50_95"),
+            "val loss/total": last.get("loss/total"),
             "best mAP50 (epoch)": f"{_fmt(best['mAP50'])} ({best['epoch']})" if best else None,
             **{f"val iou s{s}": last.get(f"stat/iou/s{s}") for s in scales}}
+
+
+def _final(runs: list[Run]) -> str:
+    """The runs table: preset, the settings that differ, final metrics; a note when loss totals do not compare."""
+    rows = [final_metrics(r) | {"settings that differ": _settings_text(d)}
+            for r, d in zip(runs, differing_settings(runs), strict=True)]
+    comparable = losses_comparable(runs)
+    if not comparable:
+        for row in rows:
+            row["val loss/total (not comparable)"] = row.pop("val loss/total")
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    header.insert(2, header.pop(header.index("settings that differ")))
+    note = "" if comparable else f'<p class="note">{html.escape(NOT_COMPARABLE)}</p>'
+    return _table(header, [[row.get(k) for k in header] for row in rows]) + note
+
+
+def _compare_findings(runs: list[Run]) -> str:
+    """One closed <details> per run, its summary the run and its finding counts by severity."""
+    return "".join(f'<details class="findings"><summary><b>{html.escape(r.label)}</b> '
+                   f"({html.escape(_fmt(r.config.get('preset')))}): {html.escape(severity_counts(r.findings))}"
+                   f"</summary>{_findings(r.findings)}</details>" for r in runs)
+
+
+def _compare_losses(runs: list[Run]) -> str:
+    comparable = losses_comparable(runs)
+    note = "" if comparable else f'<p class="note">{html.escape(NOT_COMPARABLE + " " + NORMALISED)}</p>'
+    return note + _img(plots.loss_grid(_curves(runs), normalise=not comparable), "loss terms")
+
+
+COMPARE_SECTIONS: list[Section] = [
+    ("final", "Runs and final metrics", _final),
+    ("findings", "Findings per run", _compare_findings),
+    ("losses", "Loss terms: train (solid) vs val (dashed)", _compare_losses),
+    ("grad_shares", "Gradient shares", _grad_shares),
+    ("statistics", "Statistics per scale (val)", lambda runs: _img(plots.stats_grid(_curves(runs)), "statistics")),
+    ("schedule", "Learning rate and the loss's anchor-prior warm-up", _schedule),
+    ("histograms", "Validation histograms (last epoch)",
+     lambda runs: _img(plots.histogram_grid([(r.label, r.histograms) for r in runs]), "histograms")),
+    ("map", "Validation mAP", lambda runs: _img(plots.map_plot(_curves(runs)), "mAP")),
+    ("configs", "Configs", lambda runs: "".join(f"<h3>{html.escape(r.label)}</h3>{_config(r)}" for r in runs)),
+]
 
 
 def compare_runs(run_dirs: list[str | Path], path: str | Path) -> Path:
     """Write one HTML page overlaying the curves of several runs (one colour per run); returns the path.
 
-    Sections: final metrics table (last val row of each run), each run's findings, loss curves, gradient
-    shares (term = line style and marker), statistics, lr and warm-up, validation histograms (last epoch),
-    mAP, and each run's config.
-    Raises ReportError for a bad run folder.
+    Sections (``COMPARE_SECTIONS``): the runs table (preset, settings that differ, last val row), each run's
+    findings (collapsed, with counts by severity), loss curves (divided by their first train value when the loss
+    settings differ), gradient shares (term = line style and marker), val statistics, lr and the loss's warm-up,
+    validation histograms (last epoch), mAP, and each run's config. Raises ReportError for a bad run folder.
     """
     if not run_dirs:
         raise ReportError(Path(path), None, "no runs to compare")
     runs = load_runs(run_dirs)
-    rows = [final_metrics(r) for r in runs]
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    curves = [(r.label, r.rows) for r in runs]
-    findings = "".join(f"<h3>{html.escape(r.label)}</h3>{_findings(r.findings)}" for r in runs)
-    configs = "".join(f"<h3>{html.escape(r.label)}</h3>{_config(r)}" for r in runs)
-    sections = [
-        ("final", "Final metrics", _table(header, [[row.get(k) for k in header] for row in rows])),
-        ("findings", "Findings", findings),
-        ("losses", "Loss terms: train (solid) vs val (dashed)", _img(plots.loss_grid(curves), "loss terms")),
-        ("grad_shares", "Gradient shares", _grad_shares(runs)),
-        ("statistics", "Statistics per scale", _img(plots.stats_grid(curves), "statistics")),
-        ("schedule", "Learning rate and warm-up", _img(plots.schedule_plot(curves), "learning rate")),
-        ("histograms", "Validation histograms (last epoch)",
-         _img(plots.histogram_grid([(r.label, r.histograms) for r in runs]), "histograms")),
-        ("map", "Validation mAP", _img(plots.map_plot(curves), "mAP")),
-        ("configs", "Configs", configs),
-    ]
     path = Path(path)
-    path.write_text(_page(f"yololab compare: {', '.join(r.label for r in runs)}", sections), encoding="utf-8")
+    path.write_text(_page(f"yololab compare: {', '.join(r.label for r in runs)}", COMPARE_SECTIONS, runs),
+                    encoding="utf-8")
     return path

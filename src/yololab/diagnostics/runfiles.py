@@ -11,6 +11,8 @@ ROW_KEYS = ("epoch", "split")  # what every metrics.jsonl row has
 BEST_METRIC = "mAP50"  # the val metric best.ckpt is chosen on (engine/train.py BEST_METRIC "val/mAP50")
 HISTOGRAMS_FILE = "histograms.jsonl"
 HISTOGRAM_KEYS = ("epoch", "edges", "histograms")  # what every histograms.jsonl row has
+LR_FILE = "lr.jsonl"  # the learning rate of every training step: {"epoch", "step" (of its first batch), "lr": [..]}
+LR_KEYS = ("epoch", "lr")
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ROW_KEYS,
@@ -37,3 +39,9 @@ def read_histograms(run_dir: Path, error: type[FileProblem] = FileProblem) -> li
     """The rows of ``run_dir/histograms.jsonl``; [] when the run did not record histograms."""
     path = Path(run_dir) / HISTOGRAMS_FILE
     return read_jsonl(path, HISTOGRAM_KEYS, error) if path.is_file() else []
+
+
+def read_lr_steps(run_dir: Path, error: type[FileProblem] = FileProblem) -> list[dict]:
+    """The rows of ``run_dir/lr.jsonl``; [] for a run that has none (recorded since the lr warm-up is plotted)."""
+    path = Path(run_dir) / LR_FILE
+    return read_jsonl(path, LR_KEYS, error) if path.is_file() else []

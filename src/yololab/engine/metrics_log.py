@@ -1,4 +1,5 @@
-"""MetricsJsonl: one JSON object per (epoch, split) with every term, stat and metric: what reports read."""
+"""MetricsJsonl: one JSON object per (epoch, split) with every term, stat and metric, and the learning rate of
+every training step (``lr.jsonl``, one object per epoch): what reports read."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import lightning as L
 
+from yololab.diagnostics.runfiles import LR_FILE
+
 SPLITS = ("train", "val")
 TRAIN_EXTRAS = ("lr", "lr_warmup", "warmup")  # logged without a split prefix, written on the train row
 
@@ -17,12 +20,22 @@ class MetricsJsonl(L.Callback):
     """Appends to ``path`` at each training-epoch end (after that epoch's validation has run).
 
     Keys drop the split prefix: ``loss/box/s0``, ``stat/iou/s1``, ``mAP50`` …; plus ``epoch``, ``split``,
-    ``step``. A val row is written only for epochs where validation ran.
+    ``step``. A val row is written only for epochs where validation ran. The learning rate of each step (the
+    epoch's train row keeps only the last one) goes to ``LR_FILE`` in the same folder, so that the warm-up ramp
+    can be drawn.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.lr_path = self.path.with_name(LR_FILE)
         self._validated = False
+        self._lrs: list[float] = []
+        self._first_step = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        if not self._lrs:
+            self._first_step = trainer.global_step
+        self._lrs.append(trainer.optimizers[0].param_groups[0]["lr"])  # the lr this step's update will use
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._validated = not trainer.sanity_checking
@@ -38,10 +51,14 @@ class MetricsJsonl(L.Callback):
                 row.update({k: _finite(v) for k, v in metrics.items() if k in TRAIN_EXTRAS})
             rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
         self._validated = False
+        lrs = {"epoch": trainer.current_epoch, "step": self._first_step, "lr": self._lrs}
+        self._lrs = []
         if trainer.is_global_zero:
             with self.path.open("a") as handle:
                 for row in rows:
                     handle.write(json.dumps(row) + "\n")
+            with self.lr_path.open("a") as handle:
+                handle.write(json.dumps(lrs) + "\n")
 
 
 def _finite(value: float) -> float | None:
