@@ -26,9 +26,9 @@ from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.epoch_time import EpochTimer
 from yololab.engine.metrics_log import MetricsJsonl, read_metrics
 from yololab.engine.module import YoloModule
+from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.engine.progress import PlainProgress
 from yololab.engine.quiet import quiet_lightning
-from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.model import load_darknet_weights, parse_cfg
 from yololab.model.build import read_cfg_text
 
