@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((name, case.name, statistics.median(t), min(t), floor))
         if args.profile:
             profile(f"{args.profile}, {case.name}", steps[args.profile])
-    print(f"head outputs: dense {sum(r.numel() for r in random_raw(anchors, YOLOV3_STRIDES, 80, generator)) * 4 / 1e6:.0f}"
-          f" MB read + the same written\n")
+    dense_mb = sum(r.numel() for r in random_raw(anchors, YOLOV3_STRIDES, 80, generator)) * 4 / 1e6
+    print(f"head outputs: dense {dense_mb:.0f} MB read + the same written\n")
 
     print(f"| preset | case | loss ms (median) | loss ms (min) | floor ms | × floor | ≤ {FLOOR_TARGET:g}× |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
