@@ -37,6 +37,7 @@ COORDINATES = 2  # x and y (or w and h) averaged together by torch's MSELoss
 # ultralytics train.py:248-250 scales its hyps from a reference of 3 layers, 80 classes and 640 pixels.
 ULTRALYTICS_LAYERS, ULTRALYTICS_CLASSES, ULTRALYTICS_IMGSZ = 3, 80, 640
 BOX_TERMS = ("xy", "wh", "box")
+HALF = 0.5  # centre +- half the size
 
 
 @dataclass
@@ -93,18 +94,17 @@ class ScaleInputs:
     """Everything the term functions of one scale read.
 
     box: the box-term inputs (positives, plus the warm-up's free predictions); cls_logits [K, C] and
-    cls_target [K, C] (K = positives, or slots under 'share' collisions); obj_logit, obj_target [B, A, H, W];
-    positive / negative [B, A, H, W] bool (negative: neither responsible nor ignored); pos_weight; stride.
+    cls_target [K, C] (K = positives, or slots under 'share' collisions); obj_elem [B, A, H, W] the objectness
+    loss of every prediction against its target (0 away from positives); positive / negative [B, A, H, W] bool
+    (negative: neither responsible nor ignored); stride.
     """
 
     box: BoxInputs
     cls_logits: Tensor
     cls_target: Tensor
-    obj_logit: Tensor
-    obj_target: Tensor
+    obj_elem: Tensor
     positive: Tensor
     negative: Tensor
-    pos_weight: float
     stride: int
 
 
@@ -125,20 +125,12 @@ def _box_term(cfg: LossConfig, s: ScaleInputs) -> Tensor:
     return (terms.iou_box_loss(s.box.pred_xyxy, s.box.true_xyxy, cfg.box_loss) * s.box.factor).sum()
 
 
-def _objectness(cfg: LossConfig, s: ScaleInputs) -> Tensor:
-    return terms.objectness_loss(s.obj_logit, s.obj_target, cfg.obj_loss, s.pos_weight, cfg.focal_gamma,
-                                 cfg.focal_alpha)
-
-
 def _obj_term(cfg: LossConfig, s: ScaleInputs) -> Tensor:
-    logit, target = s.obj_logit[s.positive], s.obj_target[s.positive]
-    return terms.objectness_loss(logit, target, cfg.obj_loss, s.pos_weight, cfg.focal_gamma, cfg.focal_alpha).sum()
+    return (s.obj_elem * s.positive).sum()
 
 
 def _noobj_term(cfg: LossConfig, s: ScaleInputs) -> Tensor:
-    logit = s.obj_logit[s.negative]
-    return terms.objectness_loss(logit, torch.zeros_like(logit), cfg.obj_loss, s.pos_weight, cfg.focal_gamma,
-                                 cfg.focal_alpha).sum()
+    return (s.obj_elem * s.negative).sum()
 
 
 def _cls_term(cfg: LossConfig, s: ScaleInputs) -> Tensor:
@@ -174,21 +166,25 @@ def _truths_per_image(targets: Tensor, batch_size: int, input_wh: Tensor) -> Ten
 
 
 @torch.no_grad()
-def best_iou(boxes: Tensor, truths: Tensor) -> Tensor:
-    """Best IoU of each box with its image's truths: boxes [B, N, 4], truths [B, T, 4] xyxy -> [B, N].
+def any_iou_above(x1: Tensor, y1: Tensor, x2: Tensor, y2: Tensor, truths: Tensor, threshold: float) -> Tensor:
+    """Whether each box has IoU > threshold with some truth of its image.
 
-    One truth at a time, so the temporaries stay [B, N] (an empty, all-zero truth gives IoU 0).
+    Box corners x1, y1, x2, y2 [B, N] (pixels), truths [B, T, 4] xyxy (all-zero rows are padding: IoU 0) ->
+    [B, N] bool. One truth at a time into preallocated [B, N] buffers, and without a division:
+    IoU > t  <=>  inter > t / (1 + t) * (area + truth area).
     """
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    area = (x2 - x1) * (y2 - y1)
-    best = torch.zeros_like(x1)
+    k = threshold / (1 + threshold)
+    area_k = (x2 - x1).mul_(y2 - y1).mul_(k)
+    hit = torch.zeros(x1.shape, dtype=torch.bool, device=x1.device)
+    iw, ih, rhs = torch.empty_like(x1), torch.empty_like(x1), torch.empty_like(x1)
+    t_area_k = (truths[..., 2] - truths[..., 0]) * (truths[..., 3] - truths[..., 1]) * k  # [B, T]
     for t in range(truths.shape[1]):
         tx1, ty1, tx2, ty2 = (v[:, None] for v in truths[:, t].unbind(-1))  # [B, 1]
-        iw = torch.minimum(x2, tx2).sub_(torch.maximum(x1, tx1)).clamp_(min=0)
-        inter = torch.minimum(y2, ty2).sub_(torch.maximum(y1, ty1)).clamp_(min=0).mul_(iw)
-        union = area + (tx2 - tx1) * (ty2 - ty1) - inter
-        torch.maximum(best, inter.div_(union.add_(EPS)), out=best)
-    return best
+        torch.clamp(x2, max=tx2, out=iw).sub_(torch.clamp(x1, min=tx1, out=rhs)).clamp_(min=0)
+        torch.clamp(y2, max=ty2, out=ih).sub_(torch.clamp(y1, min=ty1, out=rhs)).clamp_(min=0)
+        torch.add(area_k, t_area_k[:, t, None], out=rhs)
+        hit |= iw.mul_(ih) > rhs.add_(EPS)
+    return hit
 
 
 class YoloLoss(nn.Module):
@@ -301,8 +297,9 @@ class YoloLoss(nn.Module):
         ignored = self._ignored(head, r, anchors, stride, truths) & ~positive
 
         cls_logits, cls_target = self._class_inputs(p, tgt[:, 1].long(), slot, last)
-        inputs = ScaleInputs(box, cls_logits, cls_target, obj_logit, obj_target, positive, ~positive & ~ignored,
-                             pos_weight, stride)
+        obj_elem = terms.objectness_loss(obj_logit, obj_target, cfg.obj_loss, pos_weight, cfg.focal_gamma,
+                                         cfg.focal_alpha)
+        inputs = ScaleInputs(box, cls_logits, cls_target, obj_elem, positive, ~(positive | ignored), stride)
         sums = {name: TERM_FUNCTIONS[name](cfg, inputs) for name in self.term_names}
         unweighted = self._reduce(sums, n_box, len(cls_logits), geo.batch, obj_logit.numel(), r.shape[-1] - 5)
         weighted = {name: value * self._weight(name, i, geo) for name, value in unweighted.items()}
@@ -400,13 +397,13 @@ class YoloLoss(nn.Module):
         if truths is None:
             return torch.zeros(head.shape[:4], dtype=torch.bool, device=head.device)
         b, a, h, w, _ = head.shape
-        gy, gx = torch.meshgrid(torch.arange(h, device=head.device), torch.arange(w, device=head.device),
-                                indexing="ij")
-        cells = torch.stack((gx, gy), -1).to(head)  # [H, W, 2]
-        centre = (self.coder.xy(head[..., :2]) + cells) * stride
-        size = self.coder.wh(head[..., 2:4], anchors[None, :, None, None, :])
-        boxes = box_cxcywh_to_xyxy(torch.cat((centre, size), -1)).view(b, a * h * w, 4)
-        ignored = (best_iou(boxes, truths) > self.cfg.ignore_thresh).view(head.shape[:4])
+        centre = self.coder.xy(head[..., :2])  # [B, A, H, W, 2] offsets in cells
+        centre[..., 0].add_(torch.arange(w, device=head.device, dtype=head.dtype))
+        centre[..., 1].add_(torch.arange(h, device=head.device, dtype=head.dtype)[:, None])
+        half = self.coder.wh(head[..., 2:4], anchors[None, :, None, None, :]).mul_(HALF)  # [B, A, H, W, 2] px
+        lo, hi = centre.mul_(stride) - half, centre + half
+        x1, y1, x2, y2 = (v.reshape(b, a * h * w) for v in (lo[..., 0], lo[..., 1], hi[..., 0], hi[..., 1]))
+        ignored = any_iou_above(x1, y1, x2, y2, truths, self.cfg.ignore_thresh).view(head.shape[:4])
         if self.cfg.ignore_min_class_prob > 0:
             idx = ignored.nonzero(as_tuple=True)
             min_logit = math.log(self.cfg.ignore_min_class_prob / (1 - self.cfg.ignore_min_class_prob))
@@ -424,8 +421,8 @@ class YoloLoss(nn.Module):
         n_pos = len(p)
         stats = {"n_pos": obj_logit.new_tensor(float(n_pos)), "n_ignored": ignored.sum().float(),
                  "obj_all": obj_prob.mean()}
-        negatives = obj_prob[~positive]
-        stats["obj_neg"] = negatives.mean() if negatives.numel() else nan
+        n_neg = positive.numel() - int(positive.sum())
+        stats["obj_neg"] = obj_prob.masked_fill(positive, 0).sum() / n_neg if n_neg else nan
         if n_pos == 0:
             stats.update({k: nan for k in STATS if k not in stats})
             return stats
