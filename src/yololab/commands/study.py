@@ -79,9 +79,9 @@ def print_verdicts(study, study_dir: Path) -> None:
     from yololab.study.results import collect
 
     for comparison in comparisons(study, collect(study, study_dir)):
-        console.print(escape(comparison.sentence))
+        console.print(escape(comparison.sentence), soft_wrap=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)

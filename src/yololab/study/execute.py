@@ -7,7 +7,7 @@ asks. Finished runs are never repeated: a run folder with a record is skipped wh
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -102,7 +102,8 @@ def _tune(trainable, context: TrialContext, outcome: StudyOutcome, address: str 
                                         {"cpu": context.threads})
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: trial.trial_id, **tune_config_args),
+            tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: trial.trial_id,
+                                        trial_name_creator=lambda trial: _label(trial.config), **tune_config_args),
             run_config=tune.RunConfig(name="tune", storage_path=str(Path(context.study_dir) / RAY_DIR),
                                       verbose=verbose, failure_config=tune.FailureConfig(max_failures=0)),
         )
@@ -120,47 +121,43 @@ def _tune(trainable, context: TrialContext, outcome: StudyOutcome, address: str 
 
 
 def _label(config: dict) -> str:
-    run = config.get("run")
-    return run_name(run["config"], run["seed"]) if run else str(config)
+    """A trial's run name (grid) or sampled values (search)."""
+    return str(config["run"]) if "run" in config else config_name({k: str(v) for k, v in config.items()})
 
 
 # --------------------------------------------------------------------------------------------- grid
 
 
 def _grid(study: Study, context: TrialContext, outcome: StudyOutcome, address: str | None, verbose: int) -> None:
-    pending = []
-    for configuration in study.configurations:
-        for seed in study.seeds:
-            if read_record(run_dir(outcome.study_dir, configuration.name, seed)) is None:
-                pending.append({"config": configuration.name, "levels": configuration.levels,
-                                "overrides": configuration.overrides, "seed": seed})
+    pending = {run_name(c.name, seed): (c, seed) for c in study.configurations for seed in study.seeds
+               if read_record(run_dir(outcome.study_dir, c.name, seed)) is None}
     outcome.skipped = len(study.configurations) * len(study.seeds) - len(pending)
     if not pending:
         return
     from ray import tune
 
     asha = study.spec.asha
-    args: dict = {"metric": TUNE_METRIC, "mode": "max",
-                  "trial_name_creator": lambda trial: _label(trial.config)}
+    args: dict = {"metric": TUNE_METRIC, "mode": "max"}
     if asha is not None:
         from ray.tune.schedulers import ASHAScheduler
 
         args["scheduler"] = ASHAScheduler(time_attr=TUNE_TIME, max_t=study.spec.budget.epochs,
                                           grace_period=asha.grace_epochs, reduction_factor=asha.reduction_factor)
-    _tune(grid_trial, context, outcome, address, verbose, {"run": tune.grid_search(pending)}, args)
+    context = replace(context, runs=pending)
+    _tune(grid_trial, context, outcome, address, verbose, {"run": tune.grid_search(list(pending))}, args)
     if asha is not None:
         _record_stopped(pending, outcome)
 
 
-def _record_stopped(pending: list[dict], outcome: StudyOutcome) -> None:
+def _record_stopped(pending: dict[str, tuple[Configuration, int]], outcome: StudyOutcome) -> None:
     """Runs ASHA stopped early have no record (their trial was ended mid-training): write one, so that the
     study does not train them again and the statistics leave them out."""
     failed = {line.split(":", 1)[0] for line in outcome.failed}
-    for run in pending:
-        folder = run_dir(outcome.study_dir, run["config"], run["seed"])
-        if read_record(folder) is None and run_name(run["config"], run["seed"]) not in failed and folder.is_dir():
+    for name, (configuration, seed) in pending.items():
+        folder = run_dir(outcome.study_dir, configuration.name, seed)
+        if read_record(folder) is None and name not in failed and folder.is_dir():
             epochs = final_val(folder).get("epoch", -1) + 1
-            RunRecord(run["config"], run["levels"], run["overrides"], run["seed"], STOPPED, epochs,
+            RunRecord(configuration.name, configuration.levels, configuration.overrides, seed, STOPPED, epochs,
                       float("nan")).write(folder)
 
 
@@ -209,5 +206,4 @@ def _search(study: Study, context: TrialContext, outcome: StudyOutcome, address:
     remaining = search.samples - len(complete)
     if remaining > 0:
         _tune(search_trial, context, outcome, address, verbose, {},
-              {"search_alg": searcher, "num_samples": remaining,
-               "trial_name_creator": lambda trial: config_name({k: str(v) for k, v in trial.config.items()})})
+              {"search_alg": searcher, "num_samples": remaining})

@@ -6,6 +6,7 @@ Every problem is one line ``file:line: key: problem`` (``StudyError``), the key 
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 import types
@@ -207,8 +208,8 @@ def check_key(key: str) -> str | None:
         if fields is None:
             return f"unknown config field ({'.'.join(key.split('.')[:i])} has no sub-fields)"
         if part not in fields.model_fields:
-            known = ", ".join(sorted(fields.model_fields))
-            return f"unknown config field {part!r} (known here: {known})"
+            close = difflib.get_close_matches(part, list(fields.model_fields), n=3)
+            return f"unknown config field {part!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
         model = fields.model_fields[part].annotation
     return None
 
@@ -270,7 +271,7 @@ def _levels(key: str, values: list, where: _Locator) -> list[tuple[str, dict[str
             _check_overrides(level.set, where, ("factors", key, str(i), "set"))
             levels.append((level.name, level.set))
         else:
-            _check_overrides({key: value}, where, ("factors", key))
+            _check_overrides({key: value}, where, ("factors",))
             levels.append((_yaml_scalar(value), {key: value}))
     names = [name for name, _ in levels]
     if len(set(names)) < len(names):

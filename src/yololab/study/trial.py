@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,6 +32,7 @@ class TrialContext:
     study_dir: str
     data: str  # the study's data.yaml (absolute)
     threads: int  # torch threads of one run
+    runs: dict[str, tuple[Configuration, int]] = field(default_factory=dict)  # grid: run name -> (config, seed)
 
 
 @dataclass
@@ -149,10 +150,9 @@ def _test_metrics(checkpoint: Path, cfg) -> dict:
 
 
 def grid_trial(params: dict, context: TrialContext) -> None:
-    """A Ray Tune trial of a grid: ``params["run"]`` names one (configuration, seed)."""
-    run = params["run"]
-    configuration = Configuration(run["config"], run["levels"], run["overrides"])
-    train_run(context, configuration, run["seed"], report=True)
+    """A Ray Tune trial of a grid: ``params["run"]`` is the name of one (configuration, seed) run."""
+    configuration, seed = context.runs[params["run"]]
+    train_run(context, configuration, seed, report=True)
 
 
 def search_trial(params: dict, context: TrialContext) -> None:
