@@ -51,9 +51,11 @@ def test_grid_is_every_combination_with_the_first_levels_as_baseline(tmp_path):
 def test_one_at_a_time_design_and_a_chosen_baseline(tmp_path):
     text = GOOD + "design: one_at_a_time\nbaseline: {loss.obj_loss: mse}\n"
     study = load_study(_write(tmp_path, text))
-    assert [c.name for c in study.configurations] == [
-        "obj_loss=mse+obj_weight=1.0", "obj_loss=bce+obj_weight=1.0", "obj_loss=mse+obj_weight=5.0"]
-    assert study.baseline.name == "obj_loss=mse+obj_weight=1.0"
+    assert [c.name for c in study.configurations] == ["baseline", "obj_loss=bce", "obj_weight=5.0"]
+    assert [c.levels for c in study.configurations] == [
+        {"loss.obj_loss": "mse", "loss.obj_weight": "1.0"}, {"loss.obj_loss": "bce", "loss.obj_weight": "1.0"},
+        {"loss.obj_loss": "mse", "loss.obj_weight": "5.0"}]
+    assert study.baseline.name == "baseline"
 
 
 def test_named_levels_and_training_share(tmp_path):
@@ -63,7 +65,7 @@ def test_named_levels_and_training_share(tmp_path):
                         f"  {TRAIN_SHARE}: [0.25, 1.0]\n")
     study = load_study(_write(tmp_path, text))
     assert len(study.configurations) == 8
-    on = [c for c in study.configurations if c.levels["warmup"] == "on"][0]
+    on = next(c for c in study.configurations if c.levels["warmup"] == "on")
     assert on.overrides["loss.warmup_batches"] == 10 and on.overrides[TRAIN_SHARE] == 0.25
 
 

@@ -26,6 +26,8 @@ def run_command(
     name: Annotated[str | None, typer.Option(help="Study name: writes PROJECT/NAME/ (default: the file's "
                                                   "name).")] = None,
     data: Annotated[str | None, typer.Option(help="A data.yaml instead of the study's dataset.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run instead of the study's budget.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds instead of the study's.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray on this "
                                                      "machine's cores).")] = None,
     quiet: Annotated[bool, typer.Option(help="No Ray Tune progress table.")] = False,
@@ -41,7 +43,7 @@ def run_command(
 
     start = time.perf_counter()
     try:
-        study = load_study(study_file, data=data)
+        study = load_study(study_file, data=data, epochs=epochs, seeds=seeds)
         outcome = run_study(study, project, name or study_file.stem, address=address, verbose=0 if quiet else 1)
         csv_path, page = write_results(study, outcome.study_dir)
     except StudyError as err:
@@ -70,6 +72,27 @@ def report_command(
         csv_path, page = report_study(study_dir)
     except StudyError as err:
         _fail(str(err))
+    console.print(f"wrote {escape(str(csv_path))} and {escape(str(page))}")
+
+
+def try_suggestions(run: Path, findings: list, epochs: int | None, seeds: int) -> None:
+    """``yololab doctor RUN --try``: the findings' changes as a study in RUN's folder of runs, then one verdict
+    per suggestion."""
+    from yololab.study import StudyError, write_results
+    from yololab.study.execute import run_study
+    from yololab.study.suggestions import STUDY_NAME_SUFFIX, suggestion_study
+
+    name = f"{run.resolve().name}{STUDY_NAME_SUFFIX}"
+    study_dir = run.resolve().parent / name
+    try:
+        suggestions = suggestion_study(run, findings, study_dir, epochs, seeds)
+        for line in suggestions.skipped:
+            console.print(f"not tried: {escape(line)}", soft_wrap=True)
+        outcome = run_study(suggestions.study, study_dir.parent, name, verbose=0)
+        csv_path, page = write_results(suggestions.study, outcome.study_dir)
+    except StudyError as err:
+        _fail(str(err))
+    print_verdicts(suggestions.study, outcome.study_dir)
     console.print(f"wrote {escape(str(csv_path))} and {escape(str(page))}")
 
 

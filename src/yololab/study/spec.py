@@ -139,8 +139,10 @@ class Study:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_study(path: str | Path, data: str | None = None) -> Study:
-    """Read and check a study file; ``data`` (a data.yaml) replaces the file's dataset. Raises StudyError."""
+def load_study(path: str | Path, data: str | None = None, epochs: int | None = None,
+               seeds: int | None = None) -> Study:
+    """Read and check a study file; ``data`` (a data.yaml), ``epochs`` and ``seeds`` (a number) replace the
+    file's. Raises StudyError."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(path, None, "no such study file")
@@ -154,6 +156,10 @@ def load_study(path: str | Path, data: str | None = None) -> Study:
         raise StudyError(path, None, "expected a mapping (data, base, budget, seeds, factors or search)")
     if data is not None:
         raw["data"] = data
+    if epochs is not None:
+        raw["budget"] = {**(raw.get("budget") or {}), "epochs": epochs}
+    if seeds is not None:
+        raw["seeds"] = seeds
     where = _Locator(path, text)
     try:
         spec = StudySpec(**raw)
@@ -302,6 +308,17 @@ def _combinations(spec: StudySpec, factor_levels: dict[str, list], baseline: dic
     return combos
 
 
+BASELINE_NAME = "baseline"  # a one-at-a-time design names its configurations by what differs from it
+
+
+def _name(spec: StudySpec, combo: dict[str, str], baseline: dict[str, str]) -> str:
+    """A grid configuration is named by all its levels; a one-at-a-time one by the level that differs."""
+    if spec.design == "grid":
+        return config_name(combo)
+    changed = {key: name for key, name in combo.items() if name != baseline[key]}
+    return config_name(changed) if changed else BASELINE_NAME
+
+
 def _expand(spec: StudySpec, where: _Locator) -> Study:
     _check_overrides(spec.base.set, where, ("base", "set"))
     if spec.base.preset is not None:
@@ -328,7 +345,7 @@ def _expand(spec: StudySpec, where: _Locator) -> Study:
         overrides: dict[str, Any] = {}
         for key, name in combo.items():
             overrides.update(dict(factor_levels[key])[name])
-        configuration = Configuration(config_name(combo), combo, overrides)
+        configuration = Configuration(_name(spec, combo, baseline), combo, overrides)
         _check_resolves(spec, overrides, where, ("factors",))
         configurations.append(configuration)
     names = [c.name for c in configurations]
