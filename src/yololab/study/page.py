@@ -11,7 +11,7 @@ import html
 import math
 from pathlib import Path
 
-from yololab.diagnostics.report import SEVERITY_COLOURS, _img, _page, _table
+from yololab.diagnostics.report import DIGITS, SEVERITY_COLOURS, _img, _page, _table
 from yololab.engine.metrics_log import read_metrics
 from yololab.study import curves
 from yololab.study.analysis import METRIC_LABELS, METRICS, Comparison, ConfigStats, comparisons, config_stats
@@ -28,13 +28,13 @@ NEUTRAL = "#ffffff"
 def _mean_sd(s: Summary) -> str:
     if s.n == 0:
         return "–"
-    return f"{s.mean:.4f}" if s.n < 2 else f"{s.mean:.4f} ± {s.sd:.4f}"
+    return f"{s.mean:.{DIGITS}f}" if s.n < 2 else f"{s.mean:.{DIGITS}f} ± {s.sd:.{DIGITS}f}"
 
 
 def _ci(s: Summary, sign: bool = False) -> str:
     if s.n < 2 or not math.isfinite(s.low):
         return "–"
-    show = signed if sign else (lambda v: f"{v:.4f}")
+    show = (lambda v: signed(v, DIGITS)) if sign else (lambda v: f"{v:.{DIGITS}f}")
     return f"{show(s.low)} … {show(s.high)}"
 
 
@@ -48,7 +48,7 @@ def _summary(study: Study, rows: list[RunRow], study_dir: Path) -> str:
         ("data", spec.data if isinstance(spec.data, str) else f"generated: {spec.data.make} {spec.data.options}"),
         ("base", f"cfg {spec.base.cfg or '(default)'}, preset {spec.base.preset or '(default)'}, "
                  f"set {spec.base.set or {}}" + (f", config {spec.base.config}" if spec.base.config else "")),
-        ("budget", f"{spec.budget.epochs} epochs" + (f", at most {spec.budget.minutes:g} min per run"
+        ("budget", f"{spec.budget.epochs} epoch{'s' if spec.budget.epochs != 1 else ''}" + (f", at most {spec.budget.minutes:g} min per run"
                                                        if spec.budget.minutes else "")),
         ("seeds", ", ".join(map(str, study.seeds))),
         ("design", "search (Optuna TPE)" if spec.search else spec.design),
@@ -102,7 +102,7 @@ def _differences(found: list[Comparison]) -> str:
         line = [c.factor, c.level, c.baseline_level, c.diffs["val_mAP50"].n]
         for metric in METRICS:
             d = c.diffs[metric]
-            line += [signed(d.mean, 4) if d.n else "–", _ci(d, sign=True)]
+            line += [signed(d.mean, DIGITS) if d.n else "–", _ci(d, sign=True)]
         body.append(line)
     return _table(header, body)
 
