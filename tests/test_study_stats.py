@@ -77,5 +77,7 @@ def test_verdict_sentences():
     noise = Summary(3, 0.004, 0.02, -0.02, 0.03)
     assert verdict("obj_loss", "bce", "mse", noise) == (
         "obj_loss=bce vs mse: +0.004 mAP@0.5 (95 % CI −0.020…+0.030, 3 seeds): no difference beyond seed noise.")
+    two = Summary(2, 0.007, 0.002, 0.002, 0.011)
+    assert verdict("box_loss", "mse", "iou", two).endswith(": mse looks better, but 2 seeds are too few to be sure.")
     assert "one seed only" in verdict("f", "a", "b", Summary(1, 0.1, math.nan, math.nan, math.nan))
     assert signed(-0.5) == "−0.500" and signed(math.nan) == "n/a"

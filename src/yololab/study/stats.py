@@ -11,6 +11,9 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # the same numbers give the same interval
 CONFIDENCE = 0.95
+# Below this many paired seeds a percentile bootstrap cannot be wider than the differences seen (two values give
+# the interval [min, max]): a one-sided interval is then reported as a lean, not a finding.
+MIN_SEEDS_FOR_VERDICT = 3
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,9 @@ def verdict(factor: str, level: str, baseline_level: str, diff: Summary, metric:
                 "cannot tell an effect from seed noise without more seeds.")
     numbers = (f"{signed(diff.mean)} {metric} (95 % CI {signed(diff.low)}…{signed(diff.high)}, "
                f"{diff.n} seeds)")
-    if diff.low > 0:
-        return f"{head}: {numbers}: {level} is better."
-    if diff.high < 0:
-        return f"{head}: {numbers}: {baseline_level} is better."
+    winner = level if diff.low > 0 else baseline_level if diff.high < 0 else None
+    if winner is not None and diff.n < MIN_SEEDS_FOR_VERDICT:
+        return f"{head}: {numbers}: {winner} looks better, but {diff.n} seeds are too few to be sure."
+    if winner is not None:
+        return f"{head}: {numbers}: {winner} is better."
     return f"{head}: {numbers}: no difference beyond seed noise."
