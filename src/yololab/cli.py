@@ -21,6 +21,7 @@ from yololab.commands.doctor import doctor_command
 from yololab.commands.inference import detect_command, eval_command, evaluate_run, export_command
 from yololab.commands.preview import preview_command
 from yololab.commands.report import compare_command, report_command
+from yololab.commands.study import study_app
 from yololab.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, build_config, load_config
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
 make_app = typer.Typer(help="Generate synthetic datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(study_app, name="study")
 data_app.add_typer(make_app, name="make")
 console = Console()
 

@@ -27,6 +27,10 @@ def doctor_command(
     = False,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Threshold override: field=value "
                                                        "(fields of the run config's doctor section).")] = None,
+    try_: Annotated[bool, typer.Option("--try", help="Train the suggested changes against the run's config "
+                                                     "(a small study on Ray) and say which helped.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="With --try: epochs per run (default: the run's).")] = None,
+    seeds: Annotated[int, typer.Option(help="With --try: seeds per suggestion (at least 2).")] = 2,
 ) -> None:
     """Read a run's metrics and anchor fit, print the findings and write them to RUN/findings.json.
 
@@ -34,7 +38,7 @@ def doctor_command(
 
     The thresholds are the run's config.yaml ``doctor`` section, with ``--set`` on top.
 
-    Example: yololab doctor runs/train --set unfound_iou=0.05
+    Example: yololab doctor runs/train --set unfound_iou=0.05   (or: yololab doctor runs/demo --try --epochs 3)
     """
     try:
         findings = diagnose_run(run, overrides=parse_overrides(overrides or []))
@@ -45,6 +49,10 @@ def doctor_command(
         print(json.dumps(json.loads((run / FINDINGS_FILE).read_text()), indent=2))
         return
     _print_table(findings, run)
+    if try_:
+        from yololab.commands.study import try_suggestions
+
+        try_suggestions(run, findings, epochs, seeds)
 
 
 def _where(finding: Finding) -> str:

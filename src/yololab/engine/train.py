@@ -117,10 +117,11 @@ def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
     return module
 
 
-def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich") -> TrainResult:
+def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich",
+          callbacks: list[L.Callback] | None = None) -> TrainResult:
     """Fit a run. ``resume`` continues from ``checkpoints/last.ckpt`` (weights, optimiser, schedule, epoch,
     EMA and callback state); ``exist_ok`` replaces an existing run folder; ``progress`` is rich, plain or
-    none."""
+    none; ``callbacks`` are added after the run's own (a study's time limit and its reports to Ray Tune)."""
     run_dir = cfg.run_dir
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.exists():
@@ -167,7 +168,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
         gradient_clip_val=cfg.optim.grad_clip,
         check_val_every_n_epoch=cfg.train.val_every,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=_callbacks(cfg, progress),
+        callbacks=[*_callbacks(cfg, progress), *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress != "none",
         log_every_n_steps=10,

@@ -1,0 +1,209 @@
+"""Running a study on Ray Tune: every (configuration, seed) of a grid is one trial; a search is Optuna's TPE
+sampling configurations, each trained over every seed in one trial. Ray is local by default (all the machine's
+cores, ``cpus_per_trial`` each), or a running cluster at ``address``; ASHA stops weak runs early when the study
+asks. Finished runs are never repeated: a run folder with a record is skipped when the study runs again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from yololab.study.data import study_data
+from yololab.study.spec import Configuration, Study, StudyError, config_name
+from yololab.study.trial import (
+    RUNS_DIR,
+    SEARCH_OBJECTIVE,
+    STOPPED,
+    TUNE_METRIC,
+    TUNE_TIME,
+    RunRecord,
+    TrialContext,
+    final_val,
+    grid_trial,
+    read_record,
+    run_dir,
+    run_name,
+    search_trial,
+)
+
+STUDY_FILE = "study.yaml"  # the resolved study, written into the study folder
+# Ray's shared-memory object store: trials pass only small results through it, and the machine's memory goes
+# to training (Ray's floor is 75 MiB).
+OBJECT_STORE_BYTES = 100 * 2**20
+RAY_DIR = "ray"  # Ray Tune's experiment state, under the study folder
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    trained: int = 0  # trials started in this call
+    skipped: int = 0  # runs already finished before it
+    failed: list[str] = field(default_factory=list)  # "run: error" of each trial that raised
+
+
+def run_study(study: Study, project: str | Path, name: str, address: str | None = None,
+              verbose: int = 1) -> StudyOutcome:
+    """Run every unfinished run of ``study`` into ``project/name/runs/``; returns what happened.
+
+    The folder's ``study.yaml`` must be this study (a different one is an error, not a mix)."""
+    study_dir = (Path(project) / name).resolve()
+    _claim(study, study_dir)
+    context = TrialContext(study.spec, str(study_dir), str(study_data(study.spec, study_dir)),
+                           study.spec.cpus_per_trial)
+    outcome = StudyOutcome(study_dir)
+    if study.spec.search is not None:
+        _search(study, context, outcome, address, verbose)
+    else:
+        _grid(study, context, outcome, address, verbose)
+    return outcome
+
+
+def _claim(study: Study, study_dir: Path) -> None:
+    """Write ``study.yaml`` into a new study folder, or check that an existing one holds the same study."""
+    resolved = study.spec.model_dump(mode="json")
+    path = study_dir / STUDY_FILE
+    if path.is_file() and (yaml.safe_load(path.read_text()) or {}) != resolved:
+        raise StudyError(path, None, f"holds a different study than {study.path}: use another --name (or delete "
+                         "the folder) rather than mixing two studies' runs")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# resolved from {study.path}\n" + yaml.safe_dump(resolved, sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------- Ray
+
+
+def _start_ray(address: str | None, verbose: int) -> bool:
+    """Connect to ``address`` or start a local Ray with the machine's cores; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=verbose > 0)
+    else:
+        ray.init(num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+                 log_to_driver=verbose > 0)
+    return True
+
+
+def _tune(trainable, context: TrialContext, outcome: StudyOutcome, address: str | None, verbose: int,
+          param_space: dict, tune_config_args: dict):
+    """``Tuner.fit`` of ``trainable`` (one trial = ``cpus_per_trial`` cores); Ray is shut down afterwards when
+    this call started it."""
+    from ray import tune
+
+    started = _start_ray(address, verbose)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(trainable, context=context),
+                                        {"cpu": context.threads})
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: trial.trial_id,
+                                        trial_name_creator=lambda trial: _label(trial.config), **tune_config_args),
+            run_config=tune.RunConfig(name="tune", storage_path=str(Path(context.study_dir) / RAY_DIR),
+                                      verbose=verbose, failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        results = tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    for result in results:
+        outcome.trained += 1
+        if result.error is not None:
+            outcome.failed.append(f"{_label(result.config)}: {str(result.error).strip().splitlines()[-1]}")
+    return results
+
+
+def _label(config: dict) -> str:
+    """A trial's run name (grid) or sampled values (search)."""
+    return str(config["run"]) if "run" in config else config_name({k: str(v) for k, v in config.items()})
+
+
+# --------------------------------------------------------------------------------------------- grid
+
+
+def _grid(study: Study, context: TrialContext, outcome: StudyOutcome, address: str | None, verbose: int) -> None:
+    pending = {run_name(c.name, seed): (c, seed) for c in study.configurations for seed in study.seeds
+               if read_record(run_dir(outcome.study_dir, c.name, seed)) is None}
+    outcome.skipped = len(study.configurations) * len(study.seeds) - len(pending)
+    if not pending:
+        return
+    from ray import tune
+
+    asha = study.spec.asha
+    args: dict = {"metric": TUNE_METRIC, "mode": "max"}
+    if asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        args["scheduler"] = ASHAScheduler(time_attr=TUNE_TIME, max_t=study.spec.budget.epochs,
+                                          grace_period=asha.grace_epochs, reduction_factor=asha.reduction_factor)
+    context = replace(context, runs=pending)
+    _tune(grid_trial, context, outcome, address, verbose, {"run": tune.grid_search(list(pending))}, args)
+    if asha is not None:
+        _record_stopped(pending, outcome)
+
+
+def _record_stopped(pending: dict[str, tuple[Configuration, int]], outcome: StudyOutcome) -> None:
+    """Runs ASHA stopped early have no record (their trial was ended mid-training): write one, so that the
+    study does not train them again and the statistics leave them out."""
+    failed = {line.split(":", 1)[0] for line in outcome.failed}
+    for name, (configuration, seed) in pending.items():
+        folder = run_dir(outcome.study_dir, configuration.name, seed)
+        if read_record(folder) is None and name not in failed and folder.is_dir():
+            epochs = final_val(folder).get("epoch", -1) + 1
+            RunRecord(configuration.name, configuration.levels, configuration.overrides, seed, STOPPED, epochs,
+                      float("nan")).write(folder)
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+def _distribution(kind: str, values: list):
+    import optuna
+
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution(values)
+    if kind == "int":
+        return optuna.distributions.IntDistribution(int(values[0]), int(values[1]))
+    return optuna.distributions.FloatDistribution(float(values[0]), float(values[1]), log=kind == "loguniform")
+
+
+def searched(study: Study, study_dir: Path) -> dict[str, tuple[Configuration, list[RunRecord]]]:
+    """Configurations a search has trained so far: name -> (configuration, records of its finished seeds)."""
+    found: dict[str, tuple[Configuration, list[RunRecord]]] = {}
+    for folder in sorted((study_dir / RUNS_DIR).glob("*")):
+        record = read_record(folder)
+        if record is not None:
+            configuration = Configuration(record.config, record.levels, record.overrides)
+            found.setdefault(record.config, (configuration, []))[1].append(record)
+    return found
+
+
+def _search(study: Study, context: TrialContext, outcome: StudyOutcome, address: str | None,
+            verbose: int) -> None:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = study.spec.search
+    space = {key: _distribution(*next(iter(dist.items()))) for key, dist in search.space.items()}
+    found = searched(study, outcome.study_dir)
+    complete = {name: records for name, (_, records) in found.items() if len(records) == len(study.seeds)}
+    partial = [c.overrides for name, (c, _) in found.items() if name not in complete]
+    searcher = OptunaSearch(space=space, metric=SEARCH_OBJECTIVE, mode="max", points_to_evaluate=partial or None,
+                            sampler=optuna.samplers.TPESampler(seed=search.seed))
+    for name, records in complete.items():
+        finals = [final_val(run_dir(outcome.study_dir, name, r.seed)).get(TUNE_METRIC) for r in records]
+        finals = [v for v in finals if v is not None]
+        if finals:
+            searcher.add_evaluated_point(found[name][0].overrides, sum(finals) / len(finals))
+    outcome.skipped = len(complete) * len(study.seeds)
+    remaining = search.samples - len(complete)
+    if remaining > 0:
+        _tune(search_trial, context, outcome, address, verbose, {},
+              {"search_alg": searcher, "num_samples": remaining})

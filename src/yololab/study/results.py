@@ -1,0 +1,100 @@
+"""What a study's run folders hold, one row per run, and ``results.csv``.
+
+A row's val mAPs are the run's last val row (the weights it ends with, no choice of the best epoch on val);
+test mAPs are its last checkpoint on the test split when the data has one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yololab.study.spec import Study
+from yololab.study.trial import FINISHED, RUNS_DIR, final_val, read_record, run_name
+
+RESULTS_FILE = "results.csv"
+FINDINGS_FILE = "findings.json"  # written by the doctor inside every run folder
+
+
+@dataclass
+class RunRow:
+    config: str
+    levels: dict
+    seed: int
+    status: str
+    epochs: int
+    minutes: float
+    val_mAP50: float | None
+    val_mAP50_95: float | None
+    test_mAP50: float | None
+    test_mAP50_95: float | None
+    folder: Path
+    findings: list[dict] = field(default_factory=list)
+
+    @property
+    def finding_ids(self) -> list[str]:
+        return [finding_id(f) for f in self.findings]
+
+
+def finding_id(finding: dict) -> str:
+    """``rule/term/s<scale>`` (the parts a finding has), e.g. ``overfitting/obj/s1``."""
+    parts = [str(finding.get("rule"))]
+    if finding.get("term"):
+        parts.append(str(finding["term"]))
+    if finding.get("scale") is not None:
+        parts.append(f"s{finding['scale']}")
+    return "/".join(parts)
+
+
+def collect(study: Study, study_dir: Path) -> list[RunRow]:
+    """The rows of every run with a record, in the study's order (configurations, then seeds)."""
+    rows = []
+    for folder in sorted((Path(study_dir) / RUNS_DIR).glob("*")):
+        record = read_record(folder)
+        if record is None:
+            continue
+        val = final_val(folder) if record.status == FINISHED else {}
+        test = record.test or {}
+        findings_path = folder / FINDINGS_FILE
+        findings = json.loads(findings_path.read_text()) if findings_path.is_file() else []
+        rows.append(RunRow(record.config, record.levels, record.seed, record.status, record.epochs,
+                           record.minutes, val.get("mAP50"), val.get("mAP50_95"), test.get("mAP50"),
+                           test.get("mAP50_95"), folder, findings))
+    order = {c.name: i for i, c in enumerate(study.configurations)}
+    return sorted(rows, key=lambda r: (order.get(r.config, len(order)), r.config, r.seed))
+
+
+def missing_runs(study: Study, rows: list[RunRow]) -> list[str]:
+    """Run names of the grid without a record (not run yet, or failed)."""
+    done = {(r.config, r.seed) for r in rows}
+    return [run_name(c.name, s) for c in study.configurations for s in study.seeds if (c.name, s) not in done]
+
+
+def factor_keys(study: Study, rows: list[RunRow]) -> list[str]:
+    keys = list(study.factors) or list(dict.fromkeys(k for r in rows for k in r.levels))
+    return keys
+
+
+def write_csv(study: Study, rows: list[RunRow], path: Path) -> Path:
+    """``results.csv``: config, one column per factor, seed, status, epochs, val and test mAPs, minutes,
+    finding ids (space separated)."""
+    keys = factor_keys(study, rows)
+    header = ["config", *keys, "seed", "status", "epochs", "val_mAP50", "val_mAP50_95", "test_mAP50",
+              "test_mAP50_95", "minutes", "findings"]
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for r in rows:
+            writer.writerow([r.config, *(r.levels.get(k, "") for k in keys), r.seed, r.status, r.epochs,
+                             *(_cell(v) for v in (r.val_mAP50, r.val_mAP50_95, r.test_mAP50, r.test_mAP50_95,
+                                                  r.minutes)), " ".join(r.finding_ids)])
+    return Path(path)
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.6g}"

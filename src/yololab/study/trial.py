@@ -1,0 +1,190 @@
+"""One run of a study, as Ray Tune runs it: an ordinary ``train(cfg)`` into ``STUDY/runs/<config>-s<seed>/``,
+reporting val mAP@0.5 to Tune after every epoch, then a record (``study_run.json``) that marks it finished.
+
+A run folder with a record is never trained again; one without (the study was killed) continues from its
+``last.ckpt`` when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from yololab.study.spec import TRAIN_SHARE, Configuration, StudySpec, resolve, seed_list
+
+RUN_RECORD = "study_run.json"
+RUNS_DIR = "runs"  # under the study folder
+DEFAULT_WORKERS = 0  # DataLoader processes of a run unless the study sets data.workers: the cores go to trials
+FINISHED, STOPPED = "finished", "stopped"  # a record's status: the whole budget, or stopped early by ASHA
+TUNE_METRIC = "mAP50"  # what each epoch reports to Ray Tune (ASHA's metric)
+TUNE_TIME = "epoch"  # ASHA's time attribute: epochs done
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs, built once by the driver and passed to the trials by Ray."""
+
+    spec: StudySpec
+    study_dir: str
+    data: str  # the study's data.yaml (absolute)
+    threads: int  # torch threads of one run
+    runs: dict[str, tuple[Configuration, int]] = field(default_factory=dict)  # grid: run name -> (config, seed)
+
+
+@dataclass
+class RunRecord:
+    """``study_run.json``: which configuration and seed a run folder holds and how it ended."""
+
+    config: str
+    levels: dict
+    overrides: dict
+    seed: int
+    status: str
+    epochs: int
+    minutes: float
+    test: dict | None = None
+
+    def write(self, run_dir: Path) -> None:
+        (run_dir / RUN_RECORD).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def run_name(config: str, seed: int) -> str:
+    return f"{config}-s{seed}"
+
+
+def run_dir(study_dir: Path, config: str, seed: int) -> Path:
+    return Path(study_dir) / RUNS_DIR / run_name(config, seed)
+
+
+def read_record(path: Path) -> RunRecord | None:
+    """The record of a run folder, None when the run has not finished (or the file is unreadable)."""
+    try:
+        return RunRecord(**json.loads((path / RUN_RECORD).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _tune_report():
+    """Lightning callback reporting the epoch and its val mAP@0.5 to Ray Tune (ASHA decides on them)."""
+    import lightning as L
+    from ray import tune
+
+    class TuneReport(L.Callback):
+        def on_train_epoch_end(self, trainer, module) -> None:
+            value = trainer.callback_metrics.get(f"val/{TUNE_METRIC}")
+            tune.report({TUNE_TIME: trainer.current_epoch + 1,
+                         TUNE_METRIC: float(value) if value is not None else math.nan})
+
+    return TuneReport()
+
+
+def train_run(context: TrialContext, configuration: Configuration, seed: int, report: bool) -> RunRecord:
+    """Train (or finish) one run of the study and write its record; returns the record."""
+    import torch
+
+    from yololab.engine.train import train
+    from yololab.study.data import share_data
+
+    torch.set_num_threads(context.threads)
+    study_dir = Path(context.study_dir)
+    folder = run_dir(study_dir, configuration.name, seed)
+    data = share_data(Path(context.data), configuration.overrides.get(TRAIN_SHARE, 1.0), study_dir)
+    cfg = resolve(context.spec, configuration.overrides)
+    workers = cfg.data.workers if _sets(context.spec, "data.workers") else DEFAULT_WORKERS
+    cfg = cfg.model_copy(update={
+        "project": str(folder.parent), "name": folder.name,
+        "data": cfg.data.model_copy(update={"data": str(data), "workers": workers}),
+        "train": cfg.train.model_copy(update={"seed": seed, "epochs": context.spec.budget.epochs}),
+    })
+    callbacks = [_tune_report()] if report else []
+    if context.spec.budget.minutes:
+        from lightning.pytorch.callbacks import Timer
+
+        callbacks.append(Timer(duration=timedelta(minutes=context.spec.budget.minutes), interval="epoch",
+                               verbose=False))
+    resume = (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "config.yaml").is_file()
+    start = time.perf_counter()
+    result = train(cfg, resume=resume, exist_ok=True, progress="none", callbacks=callbacks)
+    epochs = len({row["epoch"] for row in result.metrics if row["split"] == "train"})
+    record = RunRecord(configuration.name, dict(configuration.levels), dict(configuration.overrides), seed,
+                       FINISHED, epochs, (time.perf_counter() - start) / 60,
+                       _test_metrics(result.last_checkpoint, cfg) if _has_test(data) else None)
+    if record.test is not None:
+        from yololab.diagnostics.report import TEST_METRICS
+
+        (folder / TEST_METRICS).write_text(json.dumps(record.test, indent=2))
+    record.write(folder)
+    return record
+
+
+def _sets(spec: StudySpec, key: str) -> bool:
+    return key in spec.base.set or any(key in level for level in (spec.factors or {}).values())
+
+
+def _has_test(data_yaml: Path) -> bool:
+    from yololab.data import load_data_yaml
+
+    return "test" in load_data_yaml(data_yaml).splits
+
+
+def _test_metrics(checkpoint: Path, cfg) -> dict:
+    """COCO mAP of the run's last checkpoint on the test split (the weights its last val row measured)."""
+    from yololab.engine.datamodule import YoloDataModule
+    from yololab.engine.module import YoloModule
+    from yololab.evaluate.runner import evaluate_loader
+
+    module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    data = YoloDataModule(Path(cfg.data.data), cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
+                          channels=module.model.channels)
+    data.validate(("test",))
+    result = evaluate_loader(module.model, data.loader("test"), module.loss.coder, module.names,
+                             cfg.train.conf_thres, cfg.train.iou_thres, cfg.train.max_det)
+    return {key: result[key] for key in ("mAP50", "mAP50_95", "n_images") if key in result}
+
+
+# --------------------------------------------------------------------------------------------- Ray entry points
+
+
+def grid_trial(params: dict, context: TrialContext) -> None:
+    """A Ray Tune trial of a grid: ``params["run"]`` is the name of one (configuration, seed) run."""
+    configuration, seed = context.runs[params["run"]]
+    train_run(context, configuration, seed, report=True)
+
+
+def search_trial(params: dict, context: TrialContext) -> None:
+    """A Ray Tune trial of a search: one sampled configuration trained over every seed in turn (seeds already
+    recorded are not trained again); reports the mean final val mAP@0.5 over the seeds done, the searcher's
+    objective."""
+    from ray import tune
+
+    from yololab.study.spec import config_name
+
+    levels = {key: _level_text(value) for key, value in params.items()}
+    configuration = Configuration(config_name(levels), levels, dict(params))
+    finals = []
+    for seed in seed_list(context.spec):
+        record = read_record(run_dir(Path(context.study_dir), configuration.name, seed))
+        record = record or train_run(context, configuration, seed, report=False)
+        finals.append(final_val(run_dir(Path(context.study_dir), configuration.name, seed)).get(TUNE_METRIC))
+        done = [v for v in finals if v is not None]
+        tune.report({SEARCH_OBJECTIVE: sum(done) / len(done) if done else math.nan, "seeds": len(finals)})
+
+
+SEARCH_OBJECTIVE = "objective"
+
+
+def _level_text(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def final_val(folder: Path) -> dict:
+    """The last val row of a run's metrics.jsonl ({} when there is none)."""
+    from yololab.engine.metrics_log import read_metrics
+
+    path = folder / "metrics.jsonl"
+    rows = [r for r in read_metrics(path) if r.get("split") == "val"] if path.is_file() else []
+    return rows[-1] if rows else {}

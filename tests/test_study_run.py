@@ -1,0 +1,114 @@
+"""studies/smoke.yaml through Ray Tune on this machine: killed after its first finished run, then run again;
+the finished runs are not trained again and the study completes with results.csv and study.html."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from yololab.study import load_study, write_results
+from yololab.study.execute import run_study
+from yololab.study.trial import RUN_RECORD, read_record
+
+SMOKE = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
+FIRST_RUN_TIMEOUT_S = 600  # Ray's start and two 1-epoch trainings; the machine may be busy
+POLL_S = 0.2
+KILL_WAIT_S = 30  # a process being killed while it writes a checkpoint can take a moment to go
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of the session the killed study started (its Ray processes included; zombies are
+    dead already and left for their parent to reap)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                zombie = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                if os.getsid(int(entry.name)) == sid and not zombie:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the study's session, as a crash or an OOM kill of the machine would."""
+    for _ in range(round(KILL_WAIT_S / POLL_S)):
+        pids = _session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(POLL_S)
+    raise AssertionError(f"processes of the killed study still alive: {_session_pids(sid)}")
+
+
+def test_smoke_study_killed_and_resumed(tmp_path):
+    project, name = tmp_path / "studies", "smoke"
+    runs = project / name / "runs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "yololab.cli", "study", "run", str(SMOKE), "--project", str(project),
+               "--name", name, "--quiet"]
+    child = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + FIRST_RUN_TIMEOUT_S
+        while not list(runs.glob(f"*/{RUN_RECORD}")):
+            assert child.poll() is None, "the study ended before any run finished"
+            assert time.monotonic() < deadline, "no run finished in time"
+            time.sleep(POLL_S)
+    finally:
+        _kill_session(child.pid)
+        child.wait()
+    finished = {p.parent.name: (p.read_text(), (p.parent / "metrics.jsonl").stat().st_mtime_ns)
+                for p in runs.glob(f"*/{RUN_RECORD}")}
+    assert 1 <= len(finished) < 4
+
+    study = load_study(SMOKE)
+    outcome = run_study(study, project, name, verbose=0)
+    assert outcome.failed == []
+    assert outcome.skipped == len(finished) and outcome.trained == 4 - len(finished)
+    for run, (record, metrics_mtime) in finished.items():  # untouched: not trained again
+        assert (runs / run / RUN_RECORD).read_text() == record
+        assert (runs / run / "metrics.jsonl").stat().st_mtime_ns == metrics_mtime
+    names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))  # .cache: data validation
+    assert names == ["obj_target=iou-s0", "obj_target=iou-s1", "obj_target=one-s0", "obj_target=one-s1"]
+    for run in names:  # ordinary run folders, each trained once for one epoch
+        folder = runs / run
+        assert {"config.yaml", "metrics.jsonl", "findings.json", "report.html"} <= {p.name for p in folder.iterdir()}
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+        assert [line.count('"split": "val"') for line in (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+        record = read_record(folder)
+        assert record.status == "finished" and record.epochs == 1 and record.test["n_images"] == 4
+
+    csv_path, page = write_results(study, outcome.study_dir)
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["config"], r["seed"]) for r in rows) == [
+        ("obj_target=iou", "0"), ("obj_target=iou", "1"), ("obj_target=one", "0"), ("obj_target=one", "1")]
+    assert all(0.0 <= float(r["val_mAP50"]) <= 1.0 and float(r["minutes"]) > 0 for r in rows)
+    text = page.read_text()
+    assert "obj_target=iou vs one:" in text and "2 seeds" in text
+
+    again = run_study(study, project, name, verbose=0)  # a finished study trains nothing and starts no Ray
+    assert (again.trained, again.skipped) == (0, 4)
+
+
+@pytest.mark.parametrize("change", ["epochs", "seeds"])
+def test_a_different_study_in_the_same_folder_is_refused(tmp_path, change):
+    from yololab.study import StudyError
+    from yololab.study.execute import _claim
+
+    _claim(load_study(SMOKE), tmp_path / "s")
+    other = load_study(SMOKE, **{change: 3})
+    with pytest.raises(StudyError, match="holds a different study"):
+        _claim(other, tmp_path / "s")
