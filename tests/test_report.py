@@ -170,7 +170,7 @@ def test_report_sections_in_order(report):
     path, page = report
     assert path.name == "report.html"
     assert page.sections == ["summary", "findings", "losses", "grad_shares", "statistics", "schedule", "histograms",
-                             "map", "anchors"]
+                             "map", "thresholds", "anchors"]
     assert "details" in page.tags and "script" not in page.tags
 
 
