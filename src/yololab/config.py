@@ -90,6 +90,26 @@ class TrainConfig(_Strict):
     bn_check: bool = Field(True, description="On the first validation batch, the loss with the running batch-norm "
                            "statistics and with that batch's own statistics (val/bn_check/*): the doctor's "
                            "stale_batch_norm rule reads them.")
+    # Beyond one machine (docs/clusters.md): these reach Lightning's Trainer as they are.
+    num_nodes: int = Field(1, gt=0, description="Machines (nodes) the run spans; under SLURM it must equal --nodes.")
+    accumulate_grad_batches: int = Field(1, gt=0, description="Optimiser step every N batches (a larger "
+                                         "effective batch on small GPUs).")
+    max_time: str | None = Field(None, description="Stop after this wall time, 'DD:HH:MM:SS' (e.g. '00:11:30:00' "
+                                 "inside a 12-hour SLURM slot); last.ckpt lets --resume continue.")
+    cluster: Literal["auto", "slurm"] = Field("auto", description="auto: Lightning detects SLURM, torchrun and "
+                                              "the like; slurm: use Lightning's SLURM environment explicitly.")
+    slurm_requeue: bool = Field(True, description="Under SLURM, save and requeue the job when SLURM signals the "
+                                "end of its time limit (Lightning's SLURMEnvironment auto_requeue).")
+    # Early stopping on the best-checkpoint metric (val mAP50). ultralytics stops after 100 epochs without
+    # improvement; yololab's runs are shorter, so 50: long enough not to cut a run that is still learning.
+    patience: int | None = Field(50, gt=0, description="Stop when val mAP50 has not improved for this many "
+                                 "epochs (None: never stop early).")
+    min_delta: float = Field(0.0, ge=0, description="Smallest rise of val mAP50 that counts as an improvement.")
+    loggers: list[Literal["tensorboard", "csv", "mlflow", "wandb"]] = Field(
+        ["tensorboard"], description="Where every logged term and statistic goes: tensorboard (RUN/tb), csv "
+        "(RUN/csv/metrics.csv), mlflow (pip install 'yololab[mlflow]'), wandb (pip install 'yololab[wandb]').")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (default: the file store RUN/mlruns).")
+    wandb_project: str | None = Field(None, description="Weights & Biases project (default: the run's project).")
 
 
 class RunConfig(_Strict):

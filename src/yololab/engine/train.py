@@ -6,14 +6,15 @@ A run folder (DESIGN.md): config.yaml, checkpoints/{last,best}.ckpt, tb/ (Tensor
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from yololab.anchors import AnchorError, anchor_fit_report
@@ -70,7 +71,78 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
         callbacks.append(RichProgressBar())
     elif progress == "plain":
         callbacks.append(PlainProgress())
+    if cfg.train.patience is not None:
+        callbacks.append(EarlyStopping(
+            monitor=BEST_METRIC, mode="max", min_delta=cfg.train.min_delta,
+            patience=math.ceil(cfg.train.patience / cfg.train.val_every),  # counted in validations, not epochs
+            check_finite=False,  # mAP is NaN on a split without truths: that is not a reason to stop
+            verbose=False))
     return callbacks
+
+
+# Optional logger packages: the extra that installs each.
+LOGGER_PACKAGES = {"mlflow": ("mlflow", "yololab[mlflow]"), "wandb": ("wandb", "yololab[wandb]")}
+
+
+def _loggers(cfg: RunConfig) -> list[Logger]:
+    """The loggers of ``train.loggers``; every term and statistic the module logs goes to each of them."""
+    import importlib.util
+
+    tc, run_dir, out = cfg.train, cfg.run_dir, []
+    for name in dict.fromkeys(tc.loggers):
+        module, extra = LOGGER_PACKAGES.get(name, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"train.loggers includes {name}, but {module} is not installed: pip install '{extra}'")
+        if name == "tensorboard":
+            out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
+        elif name == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            out.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            uri = tc.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+            out.append(MLFlowLogger(experiment_name=cfg.project, run_name=cfg.name, tracking_uri=uri))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            out.append(WandbLogger(project=tc.wandb_project or cfg.project, name=cfg.name, save_dir=str(run_dir)))
+    return out
+
+
+def _plugins(cfg: RunConfig) -> list:
+    plugins: list = [AtomicCheckpointIO()]
+    if cfg.train.cluster == "slurm":
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=cfg.train.slurm_requeue))
+    return plugins
+
+
+def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback] | None = None) -> L.Trainer:
+    """The Lightning Trainer of a run: devices, nodes, precision, accumulation, clipping, time limit, loggers,
+    callbacks (checkpoints, metrics, diagnostics, early stopping) and cluster environment."""
+    tc = cfg.train
+    return L.Trainer(
+        default_root_dir=cfg.run_dir,
+        max_epochs=tc.epochs,
+        max_time=tc.max_time,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
+        precision=tc.precision,
+        accumulate_grad_batches=tc.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip,
+        check_val_every_n_epoch=tc.val_every,
+        logger=_loggers(cfg),
+        callbacks=[*_callbacks(cfg, progress), *(extra or [])],
+        plugins=_plugins(cfg),
+        enable_progress_bar=progress != "none",
+        log_every_n_steps=10,
+        num_sanity_val_steps=1,
+    )
 
 
 def _net_size(cfg_name: str) -> int:
@@ -117,6 +189,14 @@ def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
     return module
 
 
+def _say_early_stop(trainer: L.Trainer) -> None:
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.stopped_epoch > 0:
+        rank_zero_info(f"early stopping after epoch {stopper.stopped_epoch}: {BEST_METRIC} did not improve on "
+                       f"{float(stopper.best_score):.4f} for {stopper.wait_count} validations "
+                       "(train.patience; best.ckpt holds the best epoch)")
+
+
 def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich",
           callbacks: list[L.Callback] | None = None) -> TrainResult:
     """Fit a run. ``resume`` continues from ``checkpoints/last.ckpt`` (weights, optimiser, schedule, epoch,
@@ -158,23 +238,9 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
         _list_skipped(skipped, run_dir / "skipped_images.txt")
         _log_anchor_fit(cfg, data.spec, module, run_dir / "anchor_fit.json")
 
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=cfg.train.epochs,
-        accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices,
-        strategy=cfg.train.strategy,
-        precision=cfg.train.precision,
-        gradient_clip_val=cfg.optim.grad_clip,
-        check_val_every_n_epoch=cfg.train.val_every,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=[*_callbacks(cfg, progress), *(callbacks or [])],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress != "none",
-        log_every_n_steps=10,
-        num_sanity_val_steps=1,
-    )
+    trainer = make_trainer(cfg, progress, callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    _say_early_stop(trainer)
     best = run_dir / "checkpoints" / "best.ckpt"
     metrics_path = run_dir / "metrics.jsonl"
     return TrainResult(run_dir, best if best.exists() else None, last,
