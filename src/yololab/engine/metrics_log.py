@@ -1,12 +1,21 @@
-"""MetricsJsonl: one JSON object per (epoch, split) with every term, stat and metric: what reports read."""
+"""MetricsJsonl: one JSON object per (epoch, split) with every term, stat and metric: what reports read.
+
+The rows of an epoch reach metrics.jsonl only after the checkpoint that closes the epoch, and that checkpoint
+holds them too: a kill at any moment leaves metrics.jsonl at most one epoch behind the checkpoint, never ahead,
+and the resume puts the file back in line with the checkpoint (:meth:`MetricsJsonl.on_train_start`).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+
+from yololab.diagnostics.runfiles import unique_rows
 
 SPLITS = ("train", "val")
 
@@ -15,17 +24,52 @@ class MetricsJsonl(L.Callback):
     """Appends to ``path`` at each training-epoch end (after that epoch's validation has run).
 
     Keys drop the split prefix: ``loss/box/s0``, ``stat/iou/s1``, ``mAP50`` …; plus ``epoch``, ``split``,
-    ``step``. A val row is written only for epochs where validation ran.
+    ``step``. A val row is written only for epochs where validation ran. With ``checkpoint``, the epoch's
+    checkpoint is saved there first (holding the rows in this callback's state), then the rows are appended.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, checkpoint: str | Path | None = None, resume: bool = False):
         self.path = Path(path)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume = resume
         self._validated = False
+        self._epoch_rows: list[dict] = []  # the rows of the last finished epoch (saved in checkpoints)
+        self._restored_rows: list[dict] = []
+        self.saved_epochs = 0  # epochs the checkpoint written by this callback holds (0: none written yet)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_rows": self._epoch_rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._epoch_rows = list(state_dict.get("epoch_rows", []))
+        self._restored_rows = self._epoch_rows
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """On resume, drop the rows past the checkpoint and restore the checkpoint's own epoch rows."""
+        if not self.resume or not trainer.is_global_zero:
+            return
+        restored = self._restored_rows
+        # The checkpoint's epoch rows are the truth for that epoch; without them (a checkpoint written before
+        # they were kept in it) the rows of the epochs still to run are dropped.
+        first_restored = min((r["epoch"] for r in restored), default=trainer.current_epoch)
+        rows = read_metrics(self.path) if self.path.exists() else []
+        write_rows_atomically(self.path, [r for r in rows if r["epoch"] < first_restored] + restored)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._validated = not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._epoch_rows = self._rows(trainer)
+        self._validated = False
+        if self.checkpoint is not None:
+            trainer.save_checkpoint(self.checkpoint)
+            self.saved_epochs = trainer.current_epoch + 1
+        if trainer.is_global_zero:
+            with self.path.open("a") as handle:
+                for row in self._epoch_rows:
+                    handle.write(json.dumps(row) + "\n")
+
+    def _rows(self, trainer: L.Trainer) -> list[dict]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         rows = []
         for split in SPLITS:
@@ -35,11 +79,7 @@ class MetricsJsonl(L.Callback):
             if split == "train":
                 row.update({k: _finite(v) for k, v in metrics.items() if k in ("lr", "warmup")})
             rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
-        self._validated = False
-        if trainer.is_global_zero:
-            with self.path.open("a") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row) + "\n")
+        return rows
 
 
 def _finite(value: float) -> float | None:
@@ -47,6 +87,22 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def write_rows_atomically(path: str | Path, rows: list[dict]) -> None:
+    """Replace a JSON-lines file with ``rows`` (a temporary file renamed over it: never half written)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(partial, path)
+
+
+def drop_rows_from(path: str | Path, epoch: int) -> None:
+    """Drop the rows of ``epoch`` and later from a JSON-lines file of per-epoch rows (histograms.jsonl)."""
+    path = Path(path)
+    if path.exists():
+        write_rows_atomically(path, [r for r in read_metrics(path) if r.get("epoch", -1) < epoch])
+
+
 def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a metrics.jsonl, in order."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Rows of a metrics.jsonl in order, one per (epoch, split): where an interrupted run written by an older
+    yololab repeated an epoch, the later row (the one the resumed run went on from) is kept."""
+    return unique_rows([json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()])

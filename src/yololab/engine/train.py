@@ -17,11 +17,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
-from yololab.data import DataSpec, load_data_yaml
+from yololab.data import DataError, DataSpec, load_data_yaml
 from yololab.diagnostics.callbacks import diagnostics_callbacks
-from yololab.engine.checkpoint import AtomicCheckpointIO
+from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
+from yololab.engine.checkpoint import (
+    AtomicCheckpointIO,
+    check_weights_fit,
+    load_checkpoint_file,
+    remove_stale_temporaries,
+)
 from yololab.engine.datamodule import YoloDataModule
-from yololab.engine.metrics_log import MetricsJsonl, read_metrics
+from yololab.engine.interrupt import InterruptWatch, stopped_error
+from yololab.engine.metrics_log import MetricsJsonl, drop_rows_from, read_metrics
 from yololab.engine.module import YoloModule
 from yololab.model import load_darknet_weights, parse_cfg
 from yololab.model.build import read_cfg_text
@@ -39,17 +46,32 @@ class TrainResult:
     metrics: list[dict]
 
 
-def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
+class SaveConfigOnceStarted(L.Callback):
+    """Writes config.yaml after the first training step that finished cleanly (first process only): a resumed
+    run's new ``--set`` values are kept only once they have been seen to work."""
+
+    def __init__(self, cfg: RunConfig, path: Path):
+        self.cfg, self.path, self.saved = cfg, path, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        if not self.saved and trainer.is_global_zero:
+            save_config(self.cfg, self.path)
+        self.saved = True
+
+
+def _callbacks(cfg: RunConfig, progress: str, resume: bool) -> list[L.Callback]:
     ckpt_dir = cfg.run_dir / "checkpoints"
     callbacks: list[L.Callback] = [
-        # last.ckpt at every epoch end, whatever the validation schedule (no monitor: the newest is kept).
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
-                        enable_version_counter=False, save_on_train_epoch_end=True),
+        # last.ckpt at every epoch end, whatever the validation schedule, written before the epoch's metrics
+        # rows, the doctor and the report (MetricsJsonl saves it): a kill never leaves metrics ahead of it.
+        MetricsJsonl(cfg.run_dir / "metrics.jsonl", checkpoint=ckpt_dir / "last.ckpt", resume=resume),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
-        MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
         *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir, cfg.doctor),
+        InterruptWatch(),
     ]
+    if resume:
+        callbacks.append(SaveConfigOnceStarted(cfg, cfg.run_dir / "config.yaml"))
     if progress == "rich":
         callbacks.append(RichProgressBar())
     elif progress == "plain":
@@ -103,28 +125,65 @@ def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
     return module
 
 
+def _check_input_size(cfg: RunConfig, module: YoloModule) -> None:
+    stride = max(module.model.strides)
+    if cfg.data.imgsz % stride:
+        below, above = cfg.data.imgsz // stride * stride, (cfg.data.imgsz // stride + 1) * stride
+        raise ConfigError(f"data.imgsz {cfg.data.imgsz} is not a multiple of the cfg's maximum stride {stride}: "
+                          f"use {below or above} or {above}")
+
+
+def _check_splits(spec: DataSpec) -> None:
+    if "val" not in spec.splits:
+        raise DataError(spec.yaml_path, None, "no 'val' split: training validates every epoch (add 'val: "
+                                              "images/val', or make one with 'yololab data split')")
+
+
+def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, data: YoloDataModule, module: YoloModule,
+                    resumed: dict | None) -> None:
+    """The run folder, written only once everything has been validated (first process only)."""
+    run_dir = cfg.run_dir
+    if not resume and (run_dir / "config.yaml").exists():
+        shutil.rmtree(run_dir)  # --exist-ok (train() refuses a run folder otherwise)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(run_dir / "checkpoints"):
+        rank_zero_info(f"removed {stale}, left by a checkpoint write that was killed")
+    if resumed is not None:
+        # Histograms past the checkpoint's epoch belong to an epoch that will run again (metrics.jsonl is put
+        # in line by MetricsJsonl itself, from the rows the checkpoint holds).
+        drop_rows_from(run_dir / HISTOGRAMS_FILE, resumed["epoch"] + 1)
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+    _list_skipped(skipped, run_dir / "skipped_images.txt")
+    _log_anchor_fit(cfg, data.spec, module, run_dir / "anchor_fit.json")
+
+
 def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich") -> TrainResult:
     """Fit a run. ``resume`` continues from ``checkpoints/last.ckpt`` (weights, optimiser, schedule, epoch,
     EMA and callback state); ``exist_ok`` replaces an existing run folder; ``progress`` is rich, plain or
-    none."""
+    none. Everything is validated before the run folder is touched. A run stopped by SIGINT, SIGTERM or a
+    non-finite loss raises RunStopped (one line: what is kept and how to resume)."""
     run_dir = cfg.run_dir
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.exists():
         raise FileNotFoundError(f"cannot resume: {last} does not exist")
     # Under DDP, Lightning re-runs this command in each extra process: only the first one prepares the folder.
     first_process = rank_zero_only.rank == 0
-    if first_process and not resume and (run_dir / "config.yaml").exists():
-        if not exist_ok:
-            raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
-        shutil.rmtree(run_dir)
+    if first_process and not resume and not exist_ok and (run_dir / "config.yaml").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
     if cfg.data.data is None:
         raise ConfigError("no dataset: set data.data (the path of a data.yaml), e.g. --data my/data.yaml")
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec = load_data_yaml(cfg.data.data)  # read once: the data module takes it as it is
+    _check_splits(spec)
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
     module = make_module(cfg, spec.names)
+    _check_input_size(cfg, module)
+    resumed = load_checkpoint_file(last) if resume else None
+    if resumed is not None:
+        check_weights_fit(resumed, module, last)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(spec, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
@@ -133,11 +192,11 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     for line in lines:
         rank_zero_info(line)
     if first_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        _list_skipped(skipped, run_dir / "skipped_images.txt")
-        _log_anchor_fit(cfg, data.spec, module, run_dir / "anchor_fit.json")
+        _prepare_folder(cfg, resume, skipped, data, module, resumed)
 
+    callbacks = _callbacks(cfg, progress, resume)
+    # TensorBoard drops the events a killed run logged past the checkpoint, so a repeated epoch is not drawn twice.
+    purge = {"purge_step": resumed["global_step"]} if resumed is not None else {}
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.train.epochs,
@@ -147,15 +206,29 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
         precision=cfg.train.precision,
         gradient_clip_val=cfg.optim.grad_clip,
         check_val_every_n_epoch=cfg.train.val_every,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=_callbacks(cfg, progress),
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False, **purge),
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress != "none",
         log_every_n_steps=10,
         num_sanity_val_steps=1,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    _fit(trainer, module, data, last if resume else None, callbacks, resumed)
     best = run_dir / "checkpoints" / "best.ckpt"
     metrics_path = run_dir / "metrics.jsonl"
     return TrainResult(run_dir, best if best.exists() else None, last,
                        read_metrics(metrics_path) if metrics_path.exists() else [])
+
+
+def _fit(trainer: L.Trainer, module: YoloModule, data: YoloDataModule, ckpt: Path | None,
+         callbacks: list[L.Callback], resumed: dict | None) -> None:
+    """``trainer.fit``; an interruption or a non-finite loss becomes one RunStopped line."""
+    watch = next(c for c in callbacks if isinstance(c, InterruptWatch))
+    metrics = next(c for c in callbacks if isinstance(c, MetricsJsonl))
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        if watch.stop is None:
+            raise
+        saved = metrics.saved_epochs or (resumed["epoch"] + 1 if resumed is not None else 0)
+        raise stopped_error(watch.stop, module.cfg.run_dir, saved) from err
