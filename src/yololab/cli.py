@@ -42,8 +42,17 @@ DEMO_DEFAULTS = {
 }
 
 
+def _print_error(message: str) -> None:
+    """``error: message`` in red; the message is user text (paths, cfg lines like ``[net]``), never markup. A
+    file name that is not UTF-8 shows its odd bytes as ``\\xe9``."""
+    from rich.markup import escape
+
+    printable = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    console.print(f"[bold red]error:[/] {escape(printable)}", highlight=False)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    _print_error(message)
     raise typer.Exit(2)
 
 
@@ -128,11 +137,18 @@ def train(
     from yololab.engine.train import train as run_training
 
     if resume:
+        ignored = [flag for flag, value in (("--data", data), ("--cfg", cfg), ("--preset", preset),
+                                            ("--imgsz", imgsz), ("--batch", batch), ("--config", config),
+                                            ("--exist-ok", exist_ok or None)) if value is not None]
+        if ignored:
+            _fail(f"--resume continues a run with its own config.yaml; only --epochs and --set apply, so drop "
+                  f"{', '.join(ignored)} (or use --set, e.g. --set data.batch=8)")
         run_dir = Path(project or "runs") / (name or "train")
         if not (run_dir / "config.yaml").exists():
             _fail(f"cannot resume: {run_dir / 'config.yaml'} not found")
-        run_cfg = _train_config(None, None, None, epochs, None, None, None, None, run_dir / "config.yaml",
-                                set_ or [])
+        # The folder named on the command line is the run, wherever its config.yaml says it was first made.
+        run_cfg = _train_config(None, None, None, epochs, None, None, str(run_dir.parent), run_dir.name,
+                                run_dir / "config.yaml", set_ or [])
     else:
         run_cfg = _train_config(data, cfg, preset, epochs, imgsz, batch, project, name, config, set_ or [])
     result = run_training(run_cfg, resume=resume, exist_ok=exist_ok, progress=progress)
@@ -157,15 +173,18 @@ def _checkpoint_of(run_or_ckpt: Path) -> Path:
 
 def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, imgsz: int | None) -> dict:
     """COCO metrics of a checkpoint on a split of a dataset (default: the run's own dataset)."""
+    from yololab.data import DataError
+    from yololab.engine.checkpoint import load_module
     from yololab.engine.datamodule import YoloDataModule
-    from yololab.engine.module import YoloModule
     from yololab.evaluate.runner import evaluate_loader
 
-    module = YoloModule.load_from_checkpoint(_checkpoint_of(run_or_ckpt), map_location="cpu")
+    module = load_module(_checkpoint_of(run_or_ckpt))
     cfg = module.cfg
     data_yaml = data or Path(cfg.data.data or "")
     dm = YoloDataModule(data_yaml, imgsz or cfg.data.imgsz, batch, cfg.data.workers,
                         channels=module.model.channels)
+    if split not in dm.spec.splits:
+        raise DataError(dm.spec.yaml_path, None, f"no '{split}' split (it has {', '.join(dm.spec.splits)})")
     dm.validate((split,))
     return evaluate_loader(module.model, dm.loader(split), module.loss.coder, module.names,
                            cfg.train.conf_thres, cfg.train.iou_thres, cfg.train.max_det)
@@ -349,17 +368,23 @@ def main() -> None:
     """Console entry point: the project's input errors print as one clear line (file, line, problem) and exit
     with status 2; set YOLOLAB_DEBUG=1 for the traceback."""
     from yololab.data import DataError
+    from yololab.errors import FileProblem, RunStopped
     from yololab.evaluate import EvaluationInputError
     from yololab.model import CfgError, WeightsError
 
-    user_errors = (ConfigError, DataError, CfgError, WeightsError, EvaluationInputError, FileNotFoundError,
-                   FileExistsError)
+    user_errors = (ConfigError, DataError, CfgError, WeightsError, EvaluationInputError, FileProblem,
+                   FileNotFoundError, FileExistsError)
     try:
         app()
+    except RunStopped as stop:
+        if os.environ.get("YOLOLAB_DEBUG"):
+            raise
+        _print_error(str(stop))
+        sys.exit(stop.exit_code)
     except user_errors as err:
         if os.environ.get("YOLOLAB_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        _print_error(str(err))
         sys.exit(2)
 
 

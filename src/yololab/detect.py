@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from yololab.data import boxes_from_letterbox, letterbox, read_image
-from yololab.engine.module import YoloModule
+from yololab.engine.checkpoint import load_module
 from yololab.evaluate.runner import predict
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,7 +50,7 @@ def draw(image: np.ndarray, dets: np.ndarray, names: list[str]) -> Image.Image:
 def detect_images(checkpoint: Path, sources: list[Path], out: Path, conf: float, iou: float,
                   imgsz: int | None = None) -> list[Path]:
     """Run a checkpoint on images; writes ``out/<stem>.png`` and ``out/detections.json``. Returns the PNGs."""
-    module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    module = load_module(checkpoint).eval()
     size = imgsz or module.cfg.data.imgsz
     out.mkdir(parents=True, exist_ok=True)
     records, written = [], []

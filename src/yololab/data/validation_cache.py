@@ -49,7 +49,9 @@ def dataset_key(images: Sequence[str | Path], num_classes: int, full_decode: boo
             label_part = "missing"
         except OSError as err:  # unreadable: key on the error so the report (which names it) is redone
             label_part = f"unreadable {err}"
-        digest.update(f"{image}\0{image_part}\0{label}\0{label_part}\n".encode())
+        # os.fsencode: file names are bytes on POSIX and need not be UTF-8 (surrogate-escaped in ``str``).
+        digest.update(os.fsencode(image) + f"\0{image_part}\0".encode() + os.fsencode(label)
+                      + f"\0{label_part}\n".encode())
     return digest.hexdigest()
 
 

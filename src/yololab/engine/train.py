@@ -31,7 +31,7 @@ from yololab.engine.interrupt import InterruptWatch, stopped_error
 from yololab.engine.metrics_log import MetricsJsonl, drop_rows_from, read_metrics
 from yololab.engine.module import YoloModule
 from yololab.model import load_darknet_weights, parse_cfg
-from yololab.model.build import read_cfg_text
+from yololab.model.build import read_cfg_text, resolve_cfg
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
@@ -83,7 +83,7 @@ def _callbacks(cfg: RunConfig, progress: str, resume: bool) -> list[L.Callback]:
 
 def _net_size(cfg_name: str) -> int:
     """Square input size from a cfg's [net] width and height (they must agree for yololab's square inputs)."""
-    net = parse_cfg(read_cfg_text(cfg_name))[0]
+    net = parse_cfg(resolve_cfg(cfg_name))[0]
     width, height = int(net.get("width", 0)), int(net.get("height", 0))
     if width != height or width <= 0:
         raise ConfigError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
@@ -94,7 +94,8 @@ def _list_skipped(skipped: list[tuple[Path, str]], path: Path) -> None:
     """The skip policy is explicit and counted: every skipped image and why, in the log and in a file."""
     if not skipped:
         return
-    path.write_text("".join(f"{image}\t{reason}\n" for image, reason in skipped))
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has on disk.
+    path.write_text("".join(f"{image}\t{reason}\n" for image, reason in skipped), errors="surrogateescape")
     shown = "\n".join(f"  {image}: {reason}" for image, reason in skipped[:MAX_LISTED_SKIPPED])
     more = f"\n  ... and {len(skipped) - MAX_LISTED_SKIPPED} more" if len(skipped) > MAX_LISTED_SKIPPED else ""
     rank_zero_warn(f"skipped {len(skipped)} bad images (data.skip_bad=true), all listed in {path}:\n{shown}{more}")
