@@ -182,7 +182,7 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
     cfg = module.cfg
     data_yaml = data or Path(cfg.data.data or "")
     dm = YoloDataModule(data_yaml, imgsz or cfg.data.imgsz, batch, cfg.data.workers,
-                        channels=module.model.channels)
+                        channels=module.model.channels, boxes_outside=cfg.data.boxes_outside)
     if split not in dm.spec.splits:
         raise DataError(dm.spec.yaml_path, None, f"no '{split}' split (it has {', '.join(dm.spec.splits)})")
     dm.validate((split,))

@@ -37,6 +37,9 @@ class DataConfig(_Strict):
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     skip_bad: bool = Field(False, description="Train on the good images when some are bad, listing every "
                            "skipped one; by default any bad image or label stops the run before training.")
+    boxes_outside: Literal["refuse", "clip"] = Field(
+        "refuse", description="A box partly outside its image: refuse the label line (the default), or clip it "
+        "to the image as darknet and ultralytics do; clipped boxes are counted and listed in clipped_boxes.txt.")
     validation_cache: bool = Field(True, description="Reuse the validation of an unchanged dataset "
                                    "(keyed by file paths, sizes, mtimes and label contents).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig,

@@ -101,16 +101,32 @@ def _list_skipped(skipped: list[tuple[Path, str]], path: Path) -> None:
     rank_zero_warn(f"skipped {len(skipped)} bad images (data.skip_bad=true), all listed in {path}:\n{shown}{more}")
 
 
-def _log_anchor_fit(cfg: RunConfig, spec: DataSpec, module: YoloModule, path: Path) -> None:
-    """How the configured anchors fit the training boxes, written beside the run (the doctor reads it).
+def _list_clipped(clipped: list[DataError], path: Path) -> None:
+    """Boxes clipped to their image (data.boxes_outside=clip), like skipped images: counted, listed, in a file."""
+    if not clipped:
+        return
+    path.write_text("".join(f"{note}\n" for note in clipped), errors="surrogateescape")
+    shown = "\n".join(f"  {note}" for note in clipped[:MAX_LISTED_SKIPPED])
+    more = f"\n  ... and {len(clipped) - MAX_LISTED_SKIPPED} more" if len(clipped) > MAX_LISTED_SKIPPED else ""
+    rank_zero_warn(f"clipped {len(clipped)} boxes to their image (data.boxes_outside=clip), all listed in "
+                   f"{path}:\n{shown}{more}")
 
-    ``spec`` is the validated dataset (bad images already left out under the skip policy)."""
+
+def _anchor_fit(cfg: RunConfig, spec: DataSpec, module: YoloModule) -> dict | None:
+    """How the configured anchors fit the training boxes (the doctor reads it); None when there is nothing
+    to fit. ``spec`` is the validated dataset (bad images already left out under the skip policy)."""
     try:
         fit = anchor_fit_report(spec, module.model.anchors, module.model.strides, cfg.data.imgsz,
-                                cfg.loss.anchor_t)
-        fit["data"] = str(cfg.data.data)
+                                cfg.loss.anchor_t, cfg.data.boxes_outside)
     except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
         rank_zero_info(f"anchor fit not computed: {err}")
+        return None
+    fit["data"] = str(cfg.data.data)
+    return fit
+
+
+def _write_anchor_fit(fit: dict | None, path: Path) -> None:
+    if fit is None:
         return
     path.write_text(json.dumps(fit, indent=2))
     rank_zero_info(f"anchor fit: mean best IoU {fit['mean_best_iou']:.3f}, best possible recall "
@@ -140,7 +156,7 @@ def _check_splits(spec: DataSpec) -> None:
                                               "images/val', or make one with 'yololab data split')")
 
 
-def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, data: YoloDataModule, module: YoloModule,
+def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, clipped: list[DataError], fit: dict | None,
                     resumed: dict | None) -> None:
     """The run folder, written only once everything has been validated (first process only)."""
     run_dir = cfg.run_dir
@@ -156,7 +172,8 @@ def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, data: YoloDataM
     else:
         save_config(cfg, run_dir / "config.yaml")
     _list_skipped(skipped, run_dir / "skipped_images.txt")
-    _log_anchor_fit(cfg, data.spec, module, run_dir / "anchor_fit.json")
+    _list_clipped(clipped, run_dir / "clipped_boxes.txt")
+    _write_anchor_fit(fit, run_dir / "anchor_fit.json")
 
 
 def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich") -> TrainResult:
@@ -187,13 +204,15 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
         check_weights_fit(resumed, module, last)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(spec, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
-                          channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
+                          channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment,
+                          boxes_outside=cfg.data.boxes_outside)
     cache_dir = Path(cfg.project) / VALIDATION_CACHE if cfg.data.validation_cache else None
-    lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad)
+    clipped: list[DataError] = []
+    lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad, clipped=clipped)
     for line in lines:
         rank_zero_info(line)
     if first_process:
-        _prepare_folder(cfg, resume, skipped, data, module, resumed)
+        _prepare_folder(cfg, resume, skipped, clipped, _anchor_fit(cfg, data.spec, module), resumed)
 
     callbacks = _callbacks(cfg, progress, resume)
     # TensorBoard drops the events a killed run logged past the checkpoint, so a repeated epoch is not drawn twice.
