@@ -48,7 +48,7 @@ def _print_error(message: str) -> None:
     from rich.markup import escape
 
     printable = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    console.print(f"[bold red]error:[/] {escape(printable)}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(printable)}", highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> None:

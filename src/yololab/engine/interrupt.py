@@ -69,5 +69,5 @@ def stopped_error(stop: Stop, run_dir: Path, saved_epochs: int) -> RunStopped:
         return RunStopped(f"{what}; no epoch had finished, so there is nothing to resume: start the run again "
                           "with --exist-ok", stop.exit_code)
     last = run_dir / "checkpoints" / "last.ckpt"
-    return RunStopped(f"{what}; {last} holds epochs 1-{saved_epochs}; continue with: {resume_command(run_dir)}",
-                      stop.exit_code)
+    epochs = "epoch 1" if saved_epochs == 1 else f"epochs 1-{saved_epochs}"
+    return RunStopped(f"{what}; {last} holds {epochs}; continue with: {resume_command(run_dir)}", stop.exit_code)

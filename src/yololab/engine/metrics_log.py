@@ -62,7 +62,7 @@ class MetricsJsonl(L.Callback):
         self._epoch_rows = self._rows(trainer)
         self._validated = False
         if self.checkpoint is not None:
-            trainer.save_checkpoint(self.checkpoint)
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the whole training state
             self.saved_epochs = trainer.current_epoch + 1
         if trainer.is_global_zero:
             with self.path.open("a") as handle:
