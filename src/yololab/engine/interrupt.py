@@ -27,7 +27,7 @@ class Stop:
 
     reason: str
     epoch: int  # 0-based epoch that was running
-    step: int  # optimiser steps done
+    step: int  # optimiser steps done before it stopped (the step in progress is step + 1)
     exit_code: int
 
 
@@ -60,7 +60,7 @@ def resume_command(run_dir: Path) -> str:
 def stopped_error(stop: Stop, run_dir: Path, saved_epochs: int) -> RunStopped:
     """One line: what stopped the run, which epochs ``last.ckpt`` holds (``saved_epochs`` finished ones) and the
     command that resumes it (or that nothing can be resumed yet)."""
-    where = f"epoch {stop.epoch + 1}, step {stop.step}"
+    where = f"epoch {stop.epoch + 1}, step {stop.step + 1}"  # both 1-based, as the progress bar counts
     if stop.reason in ("SIGINT", "SIGTERM"):
         what = f"interrupted by {stop.reason} in {where}"
     else:
