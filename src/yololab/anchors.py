@@ -25,7 +25,7 @@ from torch import Tensor
 from yololab.boxes import wh_iou
 from yololab.data.errors import DataError
 from yololab.data.letterbox import letterbox_info
-from yololab.data.yolo_format import DataSpec, check_image, label_path, load_data_yaml, read_label_file
+from yololab.data.yolo_format import BoxPolicy, DataSpec, check_image, label_path, load_data_yaml, read_label_file
 from yololab.loss.config import LossConfig
 
 MAX_ITER = 300  # k-means iterations; the assignment usually stops changing within a few dozen
@@ -277,20 +277,21 @@ def _per_scale_fit(sets: list[Tensor], best: Tensor, best_iou: Tensor, within: T
 # --------------------------------------------------------------------------------------------- data
 
 
-def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 416) -> Tensor:
+def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 416,
+                      boxes_outside: BoxPolicy = "refuse") -> Tensor:
     """Box sizes of a split in network-input pixels after the letterbox to ``img_size``: float32 [N, 2].
 
     A box of normalised width ``w`` in an ``H x W`` image is ``w * W * scale`` pixels wide with
     ``scale = img_size / max(H, W)`` (the letterbox's scale), its height alike. Images are read for
     their size only (header, and only for images with boxes). Raises DataError for a missing split, an
-    unreadable image or a bad label line.
+    unreadable image or a bad label line (``boxes_outside``: refuse or clip boxes partly outside the image).
     """
     spec = spec_or_data_yaml if isinstance(spec_or_data_yaml, DataSpec) else load_data_yaml(spec_or_data_yaml)
     if split not in spec.splits:
         raise DataError(spec.yaml_path, None, f"no {split!r} split (has {', '.join(spec.splits)})")
     sizes = []
     for image in spec.splits[split]:
-        labels = read_label_file(label_path(image), spec.num_classes)  # [M, 5] class cx cy w h
+        labels = read_label_file(label_path(image), spec.num_classes, boxes_outside)  # [M, 5] class cx cy w h
         if not len(labels):
             continue
         size, problem = check_image(image, full_decode=False)
@@ -305,14 +306,14 @@ def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 4
 
 
 def anchor_fit_report(data_yaml, anchors_per_scale, strides: Sequence[int], img_size: int,
-                      anchor_t: float = DEFAULT_ANCHOR_T) -> dict:
+                      anchor_t: float = DEFAULT_ANCHOR_T, boxes_outside: BoxPolicy = "refuse") -> dict:
     """``anchor_fit`` of the configured anchors on the train split (what training logs at start).
 
     Adds ``data`` (the yaml path), ``split``, ``img_size`` and ``kmeans``: the overall fit of as many anchors
     found by ``kmeans_anchors`` (seed 0), what re-fitting could reach. Raises AnchorError when the split has
     no boxes and DataError for bad files.
     """
-    wh = collect_box_sizes(data_yaml, "train", img_size)
+    wh = collect_box_sizes(data_yaml, "train", img_size, boxes_outside)
     anchors = [torch.as_tensor(a) for a in anchors_per_scale]
     fit = anchor_fit(wh, anchors, strides, anchor_t)
     proposed = anchor_fit(wh, kmeans_anchors(wh, sum(len(a) for a in anchors)), anchor_t=anchor_t)

@@ -46,8 +46,17 @@ DEMO_DEFAULTS = {
 }
 
 
+def _print_error(message: str) -> None:
+    """``error: message`` in red; the message is user text (paths, cfg lines like ``[net]``), never markup. A
+    file name that is not UTF-8 shows its odd bytes as ``\\xe9``."""
+    from rich.markup import escape
+
+    printable = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    console.print(f"[bold red]error:[/] {escape(printable)}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    _print_error(message)
     raise typer.Exit(2)
 
 
@@ -148,11 +157,18 @@ def train(
     from yololab.engine.train import train as run_training
 
     if resume:
+        ignored = [flag for flag, value in (("--data", data), ("--cfg", cfg), ("--preset", preset),
+                                            ("--imgsz", imgsz), ("--batch", batch), ("--config", config),
+                                            ("--exist-ok", exist_ok or None)) if value is not None]
+        if ignored:
+            _fail(f"--resume continues a run with its own config.yaml; only --epochs and --set apply, so drop "
+                  f"{', '.join(ignored)} (or use --set, e.g. --set data.batch=8)")
         run_dir = Path(project or "runs") / (name or "train")
         if not (run_dir / "config.yaml").exists():
             _fail(f"cannot resume: {run_dir / 'config.yaml'} not found")
-        run_cfg = _train_config(None, None, None, epochs, None, None, None, None, run_dir / "config.yaml",
-                                set_ or [])
+        # The folder named on the command line is the run, wherever its config.yaml says it was first made.
+        run_cfg = _train_config(None, None, None, epochs, None, None, str(run_dir.parent), run_dir.name,
+                                run_dir / "config.yaml", set_ or [])
     else:
         run_cfg = _train_config(data, cfg, preset, epochs, imgsz, batch, project, name, config, set_ or [])
     result = run_training(run_cfg, resume=resume, exist_ok=exist_ok, progress=progress)
@@ -303,7 +319,8 @@ data_app.command("convert")(convert_command)
 # The project's input errors by the module defining them. An error of a module never imported cannot have been
 # raised, so main() names only those of loaded modules: naming WeightsError must not import torch.
 USER_ERRORS = {"yololab.config": "ConfigError", "yololab.data.errors": "DataError", "yololab.model.cfg": "CfgError",
-               "yololab.model.weights": "WeightsError", "yololab.evaluate.coco": "EvaluationInputError"}
+               "yololab.model.weights": "WeightsError", "yololab.evaluate.coco": "EvaluationInputError",
+               "yololab.errors": "FileProblem"}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -316,12 +333,19 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def main() -> None:
     """Console entry point: the project's input errors print as one clear line (file, line, problem) and exit
     with status 2; set YOLOLAB_DEBUG=1 for the traceback."""
+    from yololab.errors import RunStopped
+
     try:
         app()
+    except RunStopped as stop:
+        if os.environ.get("YOLOLAB_DEBUG"):
+            raise
+        _print_error(str(stop))
+        sys.exit(stop.exit_code)
     except _user_errors() as err:
         if os.environ.get("YOLOLAB_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        _print_error(str(err))
         sys.exit(2)
 
 

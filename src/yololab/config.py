@@ -5,6 +5,7 @@ The resolved ``RunConfig`` is written beside every run as ``config.yaml`` and is
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,9 @@ class DataConfig(_Strict):
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     skip_bad: bool = Field(False, description="Train on the good images when some are bad, listing every "
                            "skipped one; by default any bad image or label stops the run before training.")
+    boxes_outside: Literal["refuse", "clip"] = Field(
+        "refuse", description="A box partly outside its image: refuse the label line (the default), or clip it "
+        "to the image as darknet and ultralytics do; clipped boxes are counted and listed in clipped_boxes.txt.")
     validation_cache: bool = Field(True, description="Reuse the validation of an unchanged dataset "
                                    "(keyed by file paths, sizes, mtimes and label contents).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig,
@@ -165,9 +169,20 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
     preset_name = raw.get("preset", "yololab")
     raw["loss"] = _merge(preset(preset_name).model_dump(), raw.get("loss", {}))
     try:
-        return RunConfig(**raw)
+        cfg = RunConfig(**raw)
     except ValidationError as err:
         raise ConfigError(f"invalid configuration:\n{err}") from None
+    _reject_non_finite(cfg.model_dump(), "invalid configuration")
+    return cfg
+
+
+def _reject_non_finite(values: dict[str, Any], where: str, prefix: str = "") -> None:
+    """ConfigError for the first NaN or infinite number: no field of a run means anything with one."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _reject_non_finite(value, where, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {prefix}{key} = {value} is not a finite number")
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -178,9 +193,11 @@ def load_config(path: str | Path) -> RunConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
-        return RunConfig(**data)
+        cfg = RunConfig(**data)
     except ValidationError as err:
         raise ConfigError(f"{path}: invalid configuration:\n{err}") from None
+    _reject_non_finite(cfg.model_dump(), str(path))
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

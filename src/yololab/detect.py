@@ -153,11 +153,11 @@ def load(run: str | Path, weights: str = "best", device: str = "cpu", conf: floa
     confidence that ``yololab eval`` recorded in the run, else 0.25); ``imgsz``: input size (default: the
     run's). Example: ``yololab.load("runs/demo").predict(["a.png", "b.png"])``.
     """
-    from yololab.engine.module import YoloModule
+    from yololab.engine.checkpoint import load_module
 
     checkpoint, weights_note = resolve_checkpoint(Path(run), weights)
     dev = resolve_device(device)
-    module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = load_module(checkpoint)
     model = module.model.eval().to(dev)
     conf_source = "given with --conf"
     if conf is None:

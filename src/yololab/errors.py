@@ -25,3 +25,15 @@ class FileProblem(ValueError):
     def __reduce__(self):
         # Keep the three fields when the error crosses a process boundary (DataLoader workers, DDP).
         return (type(self), (self.file, self.line, self.problem))
+
+
+class RunStopped(Exception):
+    """A training run that stopped before its last epoch, for a reason the user can act on; ``str`` is one line
+    saying what happened, what is kept and how to go on. ``exit_code`` is the process status to exit with."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        self.message, self.exit_code = message, exit_code
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.exit_code))

@@ -101,7 +101,7 @@ def _written(anchors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(EXIT_ERROR)
 
 

@@ -39,18 +39,21 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
                  weights: str = "best", device: str = "cpu", with_thresholds: bool = False) -> Any:
     """COCO metrics of a checkpoint on a split (default: the run's own dataset); with ``with_thresholds``
     returns ``(metrics, threshold analysis)``."""
+    from yololab.data import DataError
     from yololab.detect import resolve_checkpoint, resolve_device
+    from yololab.engine.checkpoint import load_module
     from yololab.engine.datamodule import YoloDataModule
-    from yololab.engine.module import YoloModule
     from yololab.evaluate.coco import coco_map
     from yololab.evaluate.runner import collect_predictions
     from yololab.evaluate.thresholds import threshold_analysis
 
     checkpoint, _ = resolve_checkpoint(run_or_ckpt, weights)
-    module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = load_module(checkpoint)
     cfg = module.cfg
     dm = YoloDataModule(data or Path(cfg.data.data or ""), imgsz or cfg.data.imgsz, batch, cfg.data.workers,
-                        channels=module.model.channels)
+                        channels=module.model.channels, boxes_outside=cfg.data.boxes_outside)
+    if split not in dm.spec.splits:
+        raise DataError(dm.spec.yaml_path, None, f"no '{split}' split (it has {', '.join(dm.spec.splits)})")
     dm.validate((split,))
     tc = cfg.train
     dets, truths = collect_predictions(module.model, dm.loader(split), module.loss.coder, tc.conf_thres,
@@ -202,7 +205,7 @@ def export_command(
     Example: yololab export runs/demo --format onnx --nms
     """
     from yololab.detect import DetectError, resolve_checkpoint, run_folder_of
-    from yololab.engine.module import YoloModule
+    from yololab.engine.checkpoint import load_module
     from yololab.evaluate.thresholds import recorded_conf
     from yololab.export import FILE_NAMES, FORMATS, check_export, export_model
 
@@ -213,7 +216,7 @@ def export_command(
     except DetectError as err:
         _fail(str(err))
     console.print(f"using {escape(note)}")
-    module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = load_module(checkpoint)
     size = imgsz or module.cfg.data.imgsz
     folder = run_folder_of(checkpoint)
     if conf is None:

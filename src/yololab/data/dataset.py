@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from yololab.data.errors import DataError
 from yololab.data.letterbox import boxes_to_letterbox, letterbox
-from yololab.data.yolo_format import LABEL_FIELDS, SUPPORTED_MODES, label_path, read_label_file
+from yololab.data.yolo_format import LABEL_FIELDS, SUPPORTED_MODES, BoxPolicy, label_path, read_label_file
 
 UINT8_MAX = 255
 UINT16_MAX = 65535
@@ -59,6 +59,7 @@ class YoloDataset(Dataset):
         channels: 1 or 3; images are converted to it.
         transform: optional augmentation applied to the original image before the letterbox,
             ``(image HWC uint8, boxes [M, 4] cxcywh normalised, classes [M]) -> same``.
+        boxes_outside: ``"refuse"`` a box partly outside the image (DataError) or ``"clip"`` it to the image.
 
     Labels are read and validated once here and kept in memory (``self.labels``, float32
     ``[M, 5]`` per image, boxes normalised to the original image); a bad line raises
@@ -76,6 +77,7 @@ class YoloDataset(Dataset):
         img_size: int | tuple[int, int],
         channels: int = 3,
         transform: Transform | None = None,
+        boxes_outside: BoxPolicy = "refuse",
     ):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -84,7 +86,7 @@ class YoloDataset(Dataset):
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.channels = channels
         self.transform = transform
-        self.labels = [read_label_file(label_path(p), num_classes) for p in self.images]
+        self.labels = [read_label_file(label_path(p), num_classes, boxes_outside) for p in self.images]
         if transform is not None and getattr(transform, "sampler", False) is None:
             transform.sampler = self.random_raw_item  # mosaic draws its other images from this dataset
 

@@ -21,20 +21,22 @@ import numpy as np
 from PIL import Image
 
 from yololab.data.errors import DataError
-from yololab.data.yolo_format import LABEL_FIELDS, ValidationReport, label_path, validate_split
+from yololab.data.yolo_format import LABEL_FIELDS, BoxPolicy, ValidationReport, label_path, validate_split
 
-CACHE_VERSION = 1  # bump when the stored report's layout or validate_split's checks change
+CACHE_VERSION = 2  # bump when the stored report's layout or validate_split's checks change
 # PIL modes of single-channel images; every other supported mode (RGB, RGBA, P, CMYK, ...) is colour.
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
-def dataset_key(images: Sequence[str | Path], num_classes: int, full_decode: bool) -> str:
+def dataset_key(images: Sequence[str | Path], num_classes: int, full_decode: bool,
+                boxes_outside: BoxPolicy = "refuse") -> str:
     """SHA-256 hex digest of what a validation report depends on.
 
     Images enter by path, size and modification time in nanoseconds (hashing every image's bytes would
     cost as much as decoding it); label files by path and the SHA-256 of their bytes, or as missing.
     """
-    digest = hashlib.sha256(f"v{CACHE_VERSION} classes={num_classes} decode={full_decode}\n".encode())
+    digest = hashlib.sha256(
+        f"v{CACHE_VERSION} classes={num_classes} decode={full_decode} outside={boxes_outside}\n".encode())
     for image in images:
         image = Path(image)
         try:
@@ -49,7 +51,9 @@ def dataset_key(images: Sequence[str | Path], num_classes: int, full_decode: boo
             label_part = "missing"
         except OSError as err:  # unreadable: key on the error so the report (which names it) is redone
             label_part = f"unreadable {err}"
-        digest.update(f"{image}\0{image_part}\0{label}\0{label_part}\n".encode())
+        # os.fsencode: file names are bytes on POSIX and need not be UTF-8 (surrogate-escaped in ``str``).
+        digest.update(os.fsencode(image) + f"\0{image_part}\0".encode() + os.fsencode(label)
+                      + f"\0{label_part}\n".encode())
     return digest.hexdigest()
 
 
@@ -59,6 +63,7 @@ def validate_cached(
     cache_dir: str | Path,
     full_decode: bool = True,
     source: str | None = None,
+    boxes_outside: BoxPolicy = "refuse",
 ) -> ValidationReport:
     """:func:`validate_split`, read from ``cache_dir/<key>.json`` when the dataset has not changed.
 
@@ -67,14 +72,14 @@ def validate_cached(
     problem), labels and image sizes.
     """
     images = [Path(p) for p in images]
-    key = dataset_key(images, num_classes, full_decode)
+    key = dataset_key(images, num_classes, full_decode, boxes_outside)
     cache_file = Path(cache_dir) / f"{key}.json"
     cached = _read_cache(cache_file)
     if cached is not None:
         if source is not None:
             cached.source = source
         return cached
-    report = validate_split(images, num_classes, full_decode=full_decode, source=source)
+    report = validate_split(images, num_classes, full_decode=full_decode, source=source, boxes_outside=boxes_outside)
     _write_cache(cache_file, report)
     return report
 
@@ -92,6 +97,7 @@ def _read_cache(cache_file: Path) -> ValidationReport | None:
             n_missing_labels=data["n_missing_labels"],
             full_decode=data["full_decode"],
             problems=[DataError(p["file"], p["line"], p["problem"]) for p in data["problems"]],
+            clipped=[DataError(p["file"], p["line"], p["problem"]) for p in data["clipped"]],
             labels=[np.array(rows, dtype=np.float32).reshape(-1, LABEL_FIELDS) for rows in data["labels"]],
             image_sizes=[tuple(s) if s is not None else None for s in data["image_sizes"]],
         )
@@ -109,6 +115,7 @@ def _write_cache(cache_file: Path, report: ValidationReport) -> None:
         "n_missing_labels": report.n_missing_labels,
         "full_decode": report.full_decode,
         "problems": [{"file": p.file, "line": p.line, "problem": p.problem} for p in report.problems],
+        "clipped": [{"file": p.file, "line": p.line, "problem": p.problem} for p in report.clipped],
         # float32 -> Python float is exact, and JSON round-trips a float exactly.
         "labels": [labels.tolist() for labels in report.labels],
         "image_sizes": [list(s) if s is not None else None for s in report.image_sizes],

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -37,6 +38,9 @@ LABEL_FIELDS = 5  # class cx cy w h
 # distance of [0, 1] are clipped, boxes further out are errors.
 BOX_TOLERANCE = 1e-3
 MAX_LISTED_PROBLEMS = 20  # problems spelled out by ValidationReport.raise_if_errors
+# What to do with a box that lies partly outside the image by more than BOX_TOLERANCE: "refuse" the line
+# (yololab's default), or "clip" it to the image as darknet and ultralytics do, counting and listing it.
+BoxPolicy = Literal["refuse", "clip"]
 
 
 @dataclass
@@ -161,22 +165,25 @@ def label_path(image: str | Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_label_file(path: str | Path, num_classes: int) -> np.ndarray:
+def read_label_file(path: str | Path, num_classes: int, boxes_outside: BoxPolicy = "refuse") -> np.ndarray:
     """Labels of one image -> float32 ``[M, 5]`` rows ``(class, cx, cy, w, h)``, boxes normalised.
 
     A missing file means a background image and gives ``[0, 5]``. Raises :class:`DataError` for the
     first bad line; :func:`parse_label_file` returns all of them instead.
     """
-    labels, problems = parse_label_file(path, num_classes)
+    labels, problems = parse_label_file(path, num_classes, boxes_outside)
     if problems:
         raise problems[0]
     return labels
 
 
-def parse_label_file(path: str | Path, num_classes: int) -> tuple[np.ndarray, list[DataError]]:
+def parse_label_file(path: str | Path, num_classes: int, boxes_outside: BoxPolicy = "refuse",
+                     clipped: list[DataError] | None = None) -> tuple[np.ndarray, list[DataError]]:
     """Labels of the good lines (float32 ``[M, 5]``) and one :class:`DataError` per bad line.
 
-    Blank lines are skipped. Boxes that overshoot [0, 1] by at most ``BOX_TOLERANCE`` are clipped.
+    Blank lines are skipped. Boxes that overshoot [0, 1] by at most ``BOX_TOLERANCE`` are clipped; those
+    further out are bad lines, or with ``boxes_outside="clip"`` clipped too, each noted in ``clipped`` (a
+    ``file:line: what was clipped`` per box) when a list is given.
     """
     path = Path(path)
     empty = np.zeros((0, LABEL_FIELDS), dtype=np.float32)
@@ -191,14 +198,15 @@ def parse_label_file(path: str | Path, num_classes: int) -> tuple[np.ndarray, li
         if not line.strip():
             continue
         try:
-            rows.append(_parse_label_line(line, num_classes, path, lineno))
+            rows.append(_parse_label_line(line, num_classes, path, lineno, boxes_outside, clipped))
         except DataError as err:
             problems.append(err)
     labels = np.array(rows, dtype=np.float32).reshape(-1, LABEL_FIELDS)
     return labels, problems
 
 
-def _parse_label_line(line: str, num_classes: int, path: Path, lineno: int) -> list[float]:
+def _parse_label_line(line: str, num_classes: int, path: Path, lineno: int, boxes_outside: BoxPolicy = "refuse",
+                      clipped: list[DataError] | None = None) -> list[float]:
     """One ``class cx cy w h`` line -> its values, box clipped to [0, 1]; DataError if bad."""
 
     def fail(problem: str) -> DataError:
@@ -222,7 +230,11 @@ def _parse_label_line(line: str, num_classes: int, path: Path, lineno: int) -> l
         raise fail(f"box width and height must be > 0, got w={fields[3]} h={fields[4]}")
     x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
     if min(x1, y1) < -BOX_TOLERANCE or max(x2, y2) > 1 + BOX_TOLERANCE:
-        raise fail(f"box x {x1:.6g}..{x2:.6g}, y {y1:.6g}..{y2:.6g} lies outside the image [0, 1]")
+        outside = f"box x {x1:.6g}..{x2:.6g}, y {y1:.6g}..{y2:.6g} lies outside the image [0, 1]"
+        if boxes_outside != "clip":
+            raise fail(outside)
+        if clipped is not None and min(x2, y2) > 0 and max(x1, y1) < 1:  # one with no area left is an error
+            clipped.append(fail(f"{outside}: clipped to it (data.boxes_outside=clip)"))
     x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2))
     out = np.array([cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=np.float32)
     # Checked after the cast to the float32 the labels are kept in: a width of 1e-300 is > 0 only in float64.
@@ -242,6 +254,7 @@ class ValidationReport:
     n_missing_labels: int = 0  # of those, images without a label file
     full_decode: bool = True  # every image's pixel data was decoded, not just its header
     problems: list[DataError] = field(default_factory=list)
+    clipped: list[DataError] = field(default_factory=list)  # boxes clipped under boxes_outside="clip"
     labels: list[np.ndarray] = field(default_factory=list)  # float32 [M, 5] per image
     image_sizes: list[tuple[int, int] | None] = field(default_factory=list)  # (h, w); None if unreadable
 
@@ -266,7 +279,8 @@ class ValidationReport:
 
 
 def validate_split(
-    images: Sequence[str | Path], num_classes: int, full_decode: bool = True, source: str | None = None
+    images: Sequence[str | Path], num_classes: int, full_decode: bool = True, source: str | None = None,
+    boxes_outside: BoxPolicy = "refuse",
 ) -> ValidationReport:
     """Check every image and label file of a split and collect all problems.
 
@@ -278,6 +292,7 @@ def validate_split(
         num_classes: classes are valid in ``0 .. num_classes - 1``.
         full_decode: decode pixels (slower, thorough) or read headers only.
         source: name used in messages; defaults to the folder the images share.
+        boxes_outside: refuse boxes partly outside the image, or clip them (listed in ``report.clipped``).
     """
     images = [Path(p) for p in images]
     report = ValidationReport(source=source or _common_folder(images), full_decode=full_decode)
@@ -288,7 +303,7 @@ def validate_split(
         if problem is not None:
             report.problems.append(problem)
         label_file = label_path(image)
-        labels, label_problems = parse_label_file(label_file, num_classes)
+        labels, label_problems = parse_label_file(label_file, num_classes, boxes_outside, report.clipped)
         report.problems += label_problems
         report.n_images += 1
         report.n_boxes += len(labels)

@@ -32,7 +32,14 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ROW_KEYS,
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or any(k not in row for k in required):
             raise error(path, number, f"expected an object with keys {', '.join(required)} and an integer epoch")
         rows.append(row)
-    return rows
+    return unique_rows(rows)
+
+
+def unique_rows(rows: list[dict]) -> list[dict]:
+    """``rows`` with only the last row of each (epoch, split), at that last row's place: an interrupted run of
+    an older yololab could repeat an epoch, and the later row is the one the resumed run went on from."""
+    last = {(r.get("epoch"), r.get("split")): i for i, r in enumerate(rows)}
+    return [r for i, r in enumerate(rows) if last[(r.get("epoch"), r.get("split"))] == i]
 
 
 def read_histograms(run_dir: Path, error: type[FileProblem] = FileProblem) -> list[dict]:

@@ -1,8 +1,16 @@
-"""Atomic checkpoint writes: a kill during a save never leaves a truncated ``last.ckpt``."""
+"""Checkpoint files: atomic writes, loads that never unpickle code, and the clean-up of killed writes.
+
+- ``AtomicCheckpointIO``: a kill during a save never leaves a truncated ``last.ckpt``; every load goes through
+  :func:`load_checkpoint_file`.
+- :func:`load_checkpoint_file`: ``torch.load(weights_only=True)``: tensors, plain Python data and the few
+  classes on ``SAFE_GLOBALS``; a file that asks for anything else is refused with one line.
+- :func:`remove_stale_temporaries`: the temporary files that killed writes leave behind.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +18,14 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from yololab.errors import FileProblem
+
 FILE_MODE = 0o666  # what open() would request before the umask
+TEMPORARY_PATTERN = ".*.ckpt.*.tmp"  # what AtomicCheckpointIO writes before the rename (mkstemp's name)
+
+
+class CheckpointError(FileProblem):
+    """A checkpoint that cannot be used: unreadable, refused by the safe loader, or of another model."""
 
 
 def _umask() -> int:
@@ -19,11 +34,53 @@ def _umask() -> int:
     return mask
 
 
+def _safe_globals() -> list[Any]:
+    """Classes a yololab checkpoint may hold besides tensors and plain data: Lightning's AttributeDict (what
+    ``save_hyperparameters`` keeps, depending on the Lightning version). Nothing that can run code."""
+    from lightning.fabric.utilities.data import AttributeDict
+
+    return [AttributeDict]
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded with ``weights_only=True`` whatever the environment says
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` only changes torch's default, not an explicit argument).
+
+    Raises CheckpointError for a missing, truncated or non-checkpoint file, and for one that would need
+    arbitrary Python objects to load (what a crafted file uses to run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, None, "no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(path, None, "refused: it holds Python objects beyond tensors and plain data, "
+                                          f"which could run code when loaded ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(path, None, f"not a readable checkpoint: {first}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(path, None, f"not a checkpoint: holds a {type(checkpoint).__name__}, not a dict")
+    return checkpoint
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed checkpoint writes left in ``folder``; returns them.
+
+    Call it only when no save of this run is in progress (at the start or resume of the run)."""
+    stale = sorted(Path(folder).glob(TEMPORARY_PATTERN))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file in the same folder, fsyncs, then renames over the target.
 
     ``os.replace`` is atomic on POSIX and Windows when both paths are on one filesystem, so readers see
-    either the old complete file or the new complete file.
+    either the old complete file or the new complete file. Loads use :func:`load_checkpoint_file`.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
@@ -40,3 +97,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint_file(path, map_location if map_location is not None else "cpu")
+
+
+def load_module(path: str | Path):
+    """The YoloModule of a checkpoint file, on the CPU, loaded safely; CheckpointError naming the file if the
+    weights do not fit the model its own cfg describes."""
+    from yololab.engine.module import YoloModule
+
+    checkpoint = load_checkpoint_file(path)
+    try:
+        module = YoloModule(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+    except KeyError as err:
+        raise CheckpointError(path, None, f"not a yololab checkpoint: no {err} entry") from None
+    except (TypeError, RuntimeError) as err:
+        raise CheckpointError(path, None, f"weights do not fit its model: {str(err).splitlines()[0]}") from None
+    return module
+
+
+def check_weights_fit(checkpoint: dict[str, Any], module: torch.nn.Module, path: str | Path) -> None:
+    """CheckpointError naming ``path`` when the checkpoint's weights are not those of ``module`` (a checkpoint
+    of another cfg or class count): the keys and shapes of both state dicts must agree."""
+    have = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if have == want:
+        return
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    reshaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    parts = [f"{len(missing)} weights missing (e.g. {missing[0]})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+    parts += [f"{len(reshaped)} of another shape (e.g. {reshaped[0]}: {have[reshaped[0]]} in the file, "
+              f"{want[reshaped[0]]} in the model)"] if reshaped else []
+    raise CheckpointError(path, None, "was trained with another cfg or class count than this run's: "
+                                      + ", ".join(parts))

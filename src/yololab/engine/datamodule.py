@@ -20,6 +20,7 @@ from yololab.data import (
     validate_split,
 )
 from yololab.data.augment import AugmentConfig, build_transform
+from yololab.data.yolo_format import BoxPolicy
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -49,32 +50,36 @@ class YoloDataModule(L.LightningDataModule):
     before training, with its file and line, instead of crashing a worker mid-epoch."""
 
     def __init__(self, data_yaml: str | Path | DataSpec, img_size: int, batch_size: int, workers: int, channels: int,
-                 seed: int = 0, augment: AugmentConfig | None = None):
+                 seed: int = 0, augment: AugmentConfig | None = None, boxes_outside: BoxPolicy = "refuse"):
         super().__init__()
         self.spec: DataSpec = data_yaml if isinstance(data_yaml, DataSpec) else load_data_yaml(data_yaml)
         self.img_size, self.batch_size, self.workers = img_size, batch_size, workers
         self.channels, self.seed = channels, seed
         self.augment = augment
+        self.boxes_outside = boxes_outside
         self.datasets: dict[str, YoloDataset] = {}
 
     def validate(self, splits: tuple[str, ...] = ("train", "val"), cache_dir: Path | None = None,
-                 skip_bad: bool = False) -> tuple[list[str], list[tuple[Path, str]]]:
+                 skip_bad: bool = False, clipped: list | None = None) -> tuple[list[str], list[tuple[Path, str]]]:
         """Check every image and label of the given splits before any loader is made.
 
         Without ``skip_bad`` any problem raises one DataError listing them (file and line for each); with it,
         bad images are left out of their split and returned with their reasons. ``cache_dir`` reuses the
         result for an unchanged dataset. Returns one summary line per split and the skipped images. Images
         without a label file are legal (background, as in ultralytics) but are counted and named in the
-        summary, never skipped silently.
+        summary, never skipped silently. Boxes clipped under ``boxes_outside="clip"`` are counted in the
+        summary and appended to ``clipped`` (one DataError-style note per box).
         """
         lines, skipped = [], []
         for split in splits:
             source = f"{self.spec.yaml_path} [{split}]"
             images = self._images(split)
             if cache_dir is None:
-                report = validate_split(images, self.spec.num_classes, source=source)
+                report = validate_split(images, self.spec.num_classes, source=source,
+                                        boxes_outside=self.boxes_outside)
             else:
-                report = validate_cached(images, self.spec.num_classes, cache_dir, source=source)
+                report = validate_cached(images, self.spec.num_classes, cache_dir, source=source,
+                                         boxes_outside=self.boxes_outside)
             if skip_bad and not report.ok:
                 good, bad = filter_bad(images, report)
                 self.spec.splits[split] = good
@@ -87,6 +92,10 @@ class YoloDataModule(L.LightningDataModule):
                 line += f" ({report.n_missing_labels} without a label file, e.g. {label_path(first)})"
             if skip_bad and not report.ok:
                 line += f"; {len(images) - len(self.spec.splits[split])} bad images skipped"
+            if report.clipped:
+                line += f"; {len(report.clipped)} boxes clipped to the image"
+                if clipped is not None:
+                    clipped += report.clipped
             lines.append(line)
         return lines, skipped
 
@@ -102,7 +111,8 @@ class YoloDataModule(L.LightningDataModule):
             if split == "train" and self.augment is not None and self.augment.enabled:
                 transform = build_transform(self.augment, self.channels, seed=self.seed)
             self.datasets[split] = YoloDataset(self._images(split), self.spec.num_classes, self.img_size,
-                                               channels=self.channels, transform=transform)
+                                               channels=self.channels, transform=transform,
+                                               boxes_outside=self.boxes_outside)
         return self.datasets[split]
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -117,7 +127,8 @@ class YoloDataModule(L.LightningDataModule):
         """The first ``batch_size`` images of ``split``, letterboxed and never augmented, collated:
         ``(images [B, C, h, w], targets [N, 6])``. The same every time, also after a resume."""
         images = self._images(split)[: self.batch_size]
-        data = YoloDataset(images, self.spec.num_classes, self.img_size, channels=self.channels)
+        data = YoloDataset(images, self.spec.num_classes, self.img_size, channels=self.channels,
+                           boxes_outside=self.boxes_outside)
         batch_images, targets, _ = collate([data[i] for i in range(len(data))])
         return batch_images, targets
 

@@ -1,5 +1,10 @@
 """MetricsJsonl: one JSON object per (epoch, split) with every term, stat and metric, and the learning rate of
-every training step (``lr.jsonl``, one object per epoch): what reports read."""
+every training step (``lr.jsonl``, one object per epoch): what reports read.
+
+The rows of an epoch reach metrics.jsonl only after the checkpoint that closes the epoch, and that checkpoint
+holds them too: a kill at any moment leaves metrics.jsonl at most one epoch behind the checkpoint, never ahead,
+and the resume puts the file back in line with the checkpoint (:meth:`MetricsJsonl.on_train_start`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
-from yololab.diagnostics.runfiles import LR_FILE
+from yololab.diagnostics.runfiles import LR_FILE, unique_rows
 
 SPLITS = ("train", "val")
 TRAIN_EXTRAS = ("lr", "lr_warmup", "warmup")  # logged without a split prefix, written on the train row
@@ -20,17 +26,42 @@ class MetricsJsonl(L.Callback):
     """Appends to ``path`` at each training-epoch end (after that epoch's validation has run).
 
     Keys drop the split prefix: ``loss/box/s0``, ``stat/iou/s1``, ``mAP50`` …; plus ``epoch``, ``split``,
-    ``step``. A val row is written only for epochs where validation ran. The learning rate of each step (the
-    epoch's train row keeps only the last one) goes to ``LR_FILE`` in the same folder, so that the warm-up ramp
-    can be drawn.
+    ``step``. A val row is written only for epochs where validation ran. With ``checkpoint``, the epoch's
+    checkpoint is saved there first (holding the rows in this callback's state), then the rows are appended.
+    The learning rate of each step (the epoch's train row keeps only the last one) goes to ``LR_FILE`` in the
+    same folder, so that the warm-up ramp can be drawn.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, checkpoint: str | Path | None = None, resume: bool = False):
         self.path = Path(path)
-        self.lr_path = self.path.with_name(LR_FILE)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume = resume
         self._validated = False
+        self._epoch_rows: list[dict] = []  # the rows of the last finished epoch (saved in checkpoints)
+        self._restored_rows: list[dict] = []
+        self.saved_epochs = 0  # epochs the checkpoint written by this callback holds (0: none written yet)
+        self.lr_path = self.path.with_name(LR_FILE)
         self._lrs: list[float] = []
         self._first_step = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_rows": self._epoch_rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._epoch_rows = list(state_dict.get("epoch_rows", []))
+        self._restored_rows = self._epoch_rows
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """On resume, drop the rows past the checkpoint and restore the checkpoint's own epoch rows."""
+        if not self.resume or not trainer.is_global_zero:
+            return
+        restored = self._restored_rows
+        # The checkpoint's epoch rows are the truth for that epoch; without them (a checkpoint written before
+        # they were kept in it) the rows of the epochs still to run are dropped.
+        first_restored = min((r["epoch"] for r in restored), default=trainer.current_epoch)
+        rows = read_metrics(self.path) if self.path.exists() else []
+        write_rows_atomically(self.path, [r for r in rows if r["epoch"] < first_restored] + restored)
+        drop_rows_from(self.lr_path, trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
         if not self._lrs:
@@ -41,6 +72,21 @@ class MetricsJsonl(L.Callback):
         self._validated = not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._epoch_rows = self._rows(trainer)
+        self._validated = False
+        if self.checkpoint is not None:
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the whole training state
+            self.saved_epochs = trainer.current_epoch + 1
+        if trainer.is_global_zero:
+            with self.path.open("a") as handle:
+                for row in self._epoch_rows:
+                    handle.write(json.dumps(row) + "\n")
+            with self.lr_path.open("a") as handle:
+                handle.write(json.dumps({"epoch": trainer.current_epoch, "step": self._first_step,
+                                         "lr": self._lrs}) + "\n")
+        self._lrs = []
+
+    def _rows(self, trainer: L.Trainer) -> list[dict]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         rows = []
         for split in SPLITS:
@@ -50,15 +96,7 @@ class MetricsJsonl(L.Callback):
             if split == "train":
                 row.update({k: _finite(v) for k, v in metrics.items() if k in TRAIN_EXTRAS})
             rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
-        self._validated = False
-        lrs = {"epoch": trainer.current_epoch, "step": self._first_step, "lr": self._lrs}
-        self._lrs = []
-        if trainer.is_global_zero:
-            with self.path.open("a") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row) + "\n")
-            with self.lr_path.open("a") as handle:
-                handle.write(json.dumps(lrs) + "\n")
+        return rows
 
 
 def _finite(value: float) -> float | None:
@@ -66,21 +104,33 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def write_rows_atomically(path: str | Path, rows: list[dict]) -> None:
+    """Replace a JSON-lines file with ``rows`` (a temporary file renamed over it: never half written)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(partial, path)
+
+
 def add_to_row(path: str | Path, epoch: int, split: str, values: dict[str, float]) -> None:
     """Add ``values`` to the last row of (``epoch``, ``split``) in the file, rewritten atomically (a kill leaves
     the old file or the new one); nothing happens when there is no such row."""
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        row = json.loads(lines[i]) if lines[i].strip() else {}
+    rows = read_metrics(path)
+    for row in reversed(rows):
         if row.get("epoch") == epoch and row.get("split") == split:
-            lines[i] = json.dumps({**row, **{k: _finite(v) for k, v in values.items()}})
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in lines))
-            os.replace(tmp, path)
+            row.update({k: _finite(v) for k, v in values.items()})
+            write_rows_atomically(path, rows)
             return
 
 
+def drop_rows_from(path: str | Path, epoch: int) -> None:
+    """Drop the rows of ``epoch`` and later from a JSON-lines file of per-epoch rows (histograms.jsonl)."""
+    path = Path(path)
+    if path.exists():
+        write_rows_atomically(path, [r for r in read_metrics(path) if r.get("epoch", -1) < epoch])
+
+
 def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a metrics.jsonl, in order."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Rows of a metrics.jsonl in order, one per (epoch, split): where an interrupted run written by an older
+    yololab repeated an epoch, the later row (the one the resumed run went on from) is kept."""
+    return unique_rows([json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()])

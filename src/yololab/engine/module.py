@@ -39,7 +39,7 @@ class YoloModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = RunConfig(**config)
         self.names = list(names)
-        self.model = build_model(cfg_text, num_classes=len(names))
+        self.model = build_model(cfg_text, num_classes=len(names), source=self.cfg.model.cfg)
         self.loss = YoloLoss(self.cfg.loss, self.model.anchors, self.model.strides, len(names))
         self._dets: list[Tensor] = []
         self._truths: list[Tensor] = []

@@ -19,19 +19,26 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
-from yololab.data import DataSpec, load_data_yaml
+from yololab.data import DataError, DataSpec, load_data_yaml
 from yololab.diagnostics.bn_check import BatchNormCheck
 from yololab.diagnostics.callbacks import diagnostics_callbacks
-from yololab.engine.checkpoint import AtomicCheckpointIO
+from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
+from yololab.engine.checkpoint import (
+    AtomicCheckpointIO,
+    check_weights_fit,
+    load_checkpoint_file,
+    remove_stale_temporaries,
+)
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.epoch_time import EpochTimer
-from yololab.engine.metrics_log import MetricsJsonl, read_metrics
+from yololab.engine.interrupt import InterruptWatch, stopped_error
+from yololab.engine.metrics_log import MetricsJsonl, drop_rows_from, read_metrics
 from yololab.engine.module import YoloModule
 from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.engine.progress import PlainProgress
 from yololab.engine.quiet import quiet_lightning
 from yololab.model import load_darknet_weights, parse_cfg
-from yololab.model.build import read_cfg_text
+from yololab.model.build import read_cfg_text, resolve_cfg
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
@@ -46,7 +53,20 @@ class TrainResult:
     metrics: list[dict]
 
 
-def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
+class SaveConfigOnceStarted(L.Callback):
+    """Writes config.yaml after the first training step that finished cleanly (first process only): a resumed
+    run's new ``--set`` values are kept only once they have been seen to work."""
+
+    def __init__(self, cfg: RunConfig, path: Path):
+        self.cfg, self.path, self.saved = cfg, path, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        if not self.saved and trainer.is_global_zero:
+            save_config(self.cfg, self.path)
+        self.saved = True
+
+
+def _callbacks(cfg: RunConfig, progress: str, resume: bool) -> list[L.Callback]:
     ckpt_dir = cfg.run_dir / "checkpoints"
     # EMA swaps its weights in at the validation-epoch start; precise BN then estimates the statistics of the
     # weights validated, before the checkpoints below save them (engine/precise_bn.py).
@@ -56,17 +76,19 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
     start, diagnostics_start, write_times = timer.callbacks()
     callbacks: list[L.Callback] = [
         start, *ema, *([precise_bn] if precise_bn else []),
-        # last.ckpt at every epoch end, whatever the validation schedule (no monitor: the newest is kept).
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
-                        enable_version_counter=False, save_on_train_epoch_end=True),
+        *([BatchNormCheck()] if cfg.train.bn_check else []),
+        # last.ckpt at every epoch end, whatever the validation schedule, written before the epoch's metrics
+        # rows, the doctor and the report (MetricsJsonl saves it): a kill never leaves metrics ahead of it.
+        MetricsJsonl(cfg.run_dir / "metrics.jsonl", checkpoint=ckpt_dir / "last.ckpt", resume=resume),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=BEST_METRIC, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
-        *([BatchNormCheck()] if cfg.train.bn_check else []),
-        MetricsJsonl(cfg.run_dir / "metrics.jsonl"),
         diagnostics_start,
         *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir, cfg.doctor),
         write_times,
+        InterruptWatch(),
     ]
+    if resume:
+        callbacks.append(SaveConfigOnceStarted(cfg, cfg.run_dir / "config.yaml"))
     if progress == "rich":
         callbacks.append(RichProgressBar())
     elif progress == "plain":
@@ -84,7 +106,7 @@ def _callbacks(cfg: RunConfig, progress: str) -> list[L.Callback]:
 LOGGER_PACKAGES = {"mlflow": ("mlflow", "yololab[mlflow]"), "wandb": ("wandb", "yololab[wandb]")}
 
 
-def _loggers(cfg: RunConfig) -> list[Logger]:
+def _loggers(cfg: RunConfig, purge_step: int | None = None) -> list[Logger]:
     """The loggers of ``train.loggers``; every term and statistic the module logs goes to each of them."""
     import importlib.util
 
@@ -94,7 +116,9 @@ def _loggers(cfg: RunConfig) -> list[Logger]:
         if module and importlib.util.find_spec(module) is None:
             raise ConfigError(f"train.loggers includes {name}, but {module} is not installed: pip install '{extra}'")
         if name == "tensorboard":
-            out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
+            purge = {"purge_step": purge_step} if purge_step is not None else {}
+            out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False,
+                                         **purge))
         elif name == "csv":
             from lightning.pytorch.loggers import CSVLogger
 
@@ -120,9 +144,11 @@ def _plugins(cfg: RunConfig) -> list:
     return plugins
 
 
-def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback] | None = None) -> L.Trainer:
+def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback] | None = None, resume: bool = False,
+                 purge_step: int | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: devices, nodes, precision, accumulation, clipping, time limit, loggers,
-    callbacks (checkpoints, metrics, diagnostics, early stopping) and cluster environment."""
+    callbacks (checkpoints, metrics, diagnostics, early stopping) and cluster environment. ``purge_step``: on a
+    resume, TensorBoard drops the events logged at or past it."""
     tc = cfg.train
     return L.Trainer(
         default_root_dir=cfg.run_dir,
@@ -136,8 +162,8 @@ def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback]
         accumulate_grad_batches=tc.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip,
         check_val_every_n_epoch=tc.val_every,
-        logger=_loggers(cfg),
-        callbacks=[*_callbacks(cfg, progress), *(extra or [])],
+        logger=_loggers(cfg, purge_step),
+        callbacks=[*_callbacks(cfg, progress, resume), *(extra or [])],
         plugins=_plugins(cfg),
         enable_progress_bar=progress != "none",
         log_every_n_steps=10,
@@ -147,7 +173,7 @@ def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback]
 
 def _net_size(cfg_name: str) -> int:
     """Square input size from a cfg's [net] width and height (they must agree for yololab's square inputs)."""
-    net = parse_cfg(read_cfg_text(cfg_name))[0]
+    net = parse_cfg(resolve_cfg(cfg_name))[0]
     width, height = int(net.get("width", 0)), int(net.get("height", 0))
     if width != height or width <= 0:
         raise ConfigError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
@@ -158,22 +184,39 @@ def _list_skipped(skipped: list[tuple[Path, str]], path: Path) -> None:
     """The skip policy is explicit and counted: every skipped image and why, in the log and in a file."""
     if not skipped:
         return
-    path.write_text("".join(f"{image}\t{reason}\n" for image, reason in skipped))
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has on disk.
+    path.write_text("".join(f"{image}\t{reason}\n" for image, reason in skipped), errors="surrogateescape")
     shown = "\n".join(f"  {image}: {reason}" for image, reason in skipped[:MAX_LISTED_SKIPPED])
     more = f"\n  ... and {len(skipped) - MAX_LISTED_SKIPPED} more" if len(skipped) > MAX_LISTED_SKIPPED else ""
     rank_zero_warn(f"skipped {len(skipped)} bad images (data.skip_bad=true), all listed in {path}:\n{shown}{more}")
 
 
-def _log_anchor_fit(cfg: RunConfig, spec: DataSpec, module: YoloModule, path: Path) -> None:
-    """How the configured anchors fit the training boxes, written beside the run (the doctor reads it).
+def _list_clipped(clipped: list[DataError], path: Path) -> None:
+    """Boxes clipped to their image (data.boxes_outside=clip), like skipped images: counted, listed, in a file."""
+    if not clipped:
+        return
+    path.write_text("".join(f"{note}\n" for note in clipped), errors="surrogateescape")
+    shown = "\n".join(f"  {note}" for note in clipped[:MAX_LISTED_SKIPPED])
+    more = f"\n  ... and {len(clipped) - MAX_LISTED_SKIPPED} more" if len(clipped) > MAX_LISTED_SKIPPED else ""
+    rank_zero_warn(f"clipped {len(clipped)} boxes to their image (data.boxes_outside=clip), all listed in "
+                   f"{path}:\n{shown}{more}")
 
-    ``spec`` is the validated dataset (bad images already left out under the skip policy)."""
+
+def _anchor_fit(cfg: RunConfig, spec: DataSpec, module: YoloModule) -> dict | None:
+    """How the configured anchors fit the training boxes (the doctor reads it); None when there is nothing
+    to fit. ``spec`` is the validated dataset (bad images already left out under the skip policy)."""
     try:
         fit = anchor_fit_report(spec, module.model.anchors, module.model.strides, cfg.data.imgsz,
-                                cfg.loss.anchor_t)
-        fit["data"] = str(cfg.data.data)
+                                cfg.loss.anchor_t, cfg.data.boxes_outside)
     except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
         rank_zero_info(f"anchor fit not computed: {err}")
+        return None
+    fit["data"] = str(cfg.data.data)
+    return fit
+
+
+def _write_anchor_fit(fit: dict | None, path: Path) -> None:
+    if fit is None:
         return
     path.write_text(json.dumps(fit, indent=2))
     rank_zero_info(f"anchor fit: mean best IoU {fit['mean_best_iou']:.3f}, best possible recall "
@@ -197,21 +240,55 @@ def _say_early_stop(trainer: L.Trainer) -> None:
                        "(train.patience; best.ckpt holds the best epoch)")
 
 
+def _check_input_size(cfg: RunConfig, module: YoloModule) -> None:
+    stride = max(module.model.strides)
+    if cfg.data.imgsz % stride:
+        below, above = cfg.data.imgsz // stride * stride, (cfg.data.imgsz // stride + 1) * stride
+        raise ConfigError(f"data.imgsz {cfg.data.imgsz} is not a multiple of the cfg's maximum stride {stride}: "
+                          f"use {below or above} or {above}")
+
+
+def _check_splits(spec: DataSpec) -> None:
+    if "val" not in spec.splits:
+        raise DataError(spec.yaml_path, None, "no 'val' split: training validates every epoch (add 'val: "
+                                              "images/val', or make one with 'yololab data split')")
+
+
+def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, clipped: list[DataError], fit: dict | None,
+                    resumed: dict | None) -> None:
+    """The run folder, written only once everything has been validated (first process only)."""
+    run_dir = cfg.run_dir
+    if not resume and (run_dir / "config.yaml").exists():
+        shutil.rmtree(run_dir)  # --exist-ok (train() refuses a run folder otherwise)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(run_dir / "checkpoints"):
+        rank_zero_info(f"removed {stale}, left by a checkpoint write that was killed")
+    if resumed is not None:
+        # Histograms past the checkpoint's epoch belong to an epoch that will run again (metrics.jsonl is put
+        # in line by MetricsJsonl itself, from the rows the checkpoint holds).
+        drop_rows_from(run_dir / HISTOGRAMS_FILE, resumed["epoch"] + 1)
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+    _list_skipped(skipped, run_dir / "skipped_images.txt")
+    _list_clipped(clipped, run_dir / "clipped_boxes.txt")
+    _write_anchor_fit(fit, run_dir / "anchor_fit.json")
+
+
 def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress: str = "rich",
           callbacks: list[L.Callback] | None = None) -> TrainResult:
     """Fit a run. ``resume`` continues from ``checkpoints/last.ckpt`` (weights, optimiser, schedule, epoch,
     EMA and callback state); ``exist_ok`` replaces an existing run folder; ``progress`` is rich, plain or
-    none; ``callbacks`` are added after the run's own (a study's time limit and its reports to Ray Tune)."""
+    none; ``callbacks`` are added after the run's own (a study's time limit and its reports to Ray Tune).
+    Everything is validated before the run folder is touched. A run stopped by SIGINT, SIGTERM or a
+    non-finite loss raises RunStopped (one line: what is kept and how to resume)."""
     run_dir = cfg.run_dir
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.exists():
         raise FileNotFoundError(f"cannot resume: {last} does not exist")
     # Under DDP, Lightning re-runs this command in each extra process: only the first one prepares the folder.
     first_process = rank_zero_only.rank == 0
-    if first_process and not resume and (run_dir / "config.yaml").exists():
-        if not exist_ok:
-            raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
-        shutil.rmtree(run_dir)
+    if first_process and not resume and not exist_ok and (run_dir / "config.yaml").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: use --resume, --exist-ok or another --name")
     if cfg.data.data is None:
         raise ConfigError("no dataset: set data.data (the path of a data.yaml), e.g. --data my/data.yaml")
 
@@ -220,28 +297,48 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec = load_data_yaml(cfg.data.data)  # read once: the data module takes it as it is
+    _check_splits(spec)
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
     module = make_module(cfg, spec.names)
+    _check_input_size(cfg, module)
+    resumed = load_checkpoint_file(last) if resume else None
+    if resumed is not None:
+        check_weights_fit(resumed, module, last)
     # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
     module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(spec, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
-                          channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment)
+                          channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment,
+                          boxes_outside=cfg.data.boxes_outside)
     cache_dir = Path(cfg.project) / VALIDATION_CACHE if cfg.data.validation_cache else None
-    lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad)
+    clipped: list[DataError] = []
+    lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad, clipped=clipped)
     for line in lines:
         rank_zero_info(line)
     if first_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        _list_skipped(skipped, run_dir / "skipped_images.txt")
-        _log_anchor_fit(cfg, data.spec, module, run_dir / "anchor_fit.json")
+        _prepare_folder(cfg, resume, skipped, clipped, _anchor_fit(cfg, data.spec, module), resumed)
 
-    trainer = make_trainer(cfg, progress, callbacks)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    # TensorBoard drops the events a killed run logged past the checkpoint, so a repeated epoch is not drawn twice.
+    purge_step = resumed["global_step"] if resumed is not None else None
+    trainer = make_trainer(cfg, progress, callbacks, resume=resume, purge_step=purge_step)
+    _fit(trainer, module, data, last if resume else None, trainer.callbacks, resumed)
     _say_early_stop(trainer)
     best = run_dir / "checkpoints" / "best.ckpt"
     metrics_path = run_dir / "metrics.jsonl"
     return TrainResult(run_dir, best if best.exists() else None, last,
                        read_metrics(metrics_path) if metrics_path.exists() else [])
+
+
+def _fit(trainer: L.Trainer, module: YoloModule, data: YoloDataModule, ckpt: Path | None,
+         callbacks: list[L.Callback], resumed: dict | None) -> None:
+    """``trainer.fit``; an interruption or a non-finite loss becomes one RunStopped line."""
+    watch = next(c for c in callbacks if isinstance(c, InterruptWatch))
+    metrics = next(c for c in callbacks if isinstance(c, MetricsJsonl))
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        if watch.stop is None:
+            raise
+        saved = metrics.saved_epochs or (resumed["epoch"] + 1 if resumed is not None else 0)
+        raise stopped_error(watch.stop, module.cfg.run_dir, saved) from err

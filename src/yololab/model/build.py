@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from yololab.model.cfg import packaged_cfg, packaged_cfgs
-from yololab.model.darknet import Darknet
+from yololab.model.cfg import packaged_cfg, packaged_cfgs, parse_cfg
+from yololab.model.darknet import Darknet, set_num_classes
 
 
 def resolve_cfg(name_or_path: str | Path) -> Path:
@@ -26,9 +25,9 @@ def read_cfg_text(name_or_path: str | Path) -> str:
     return resolve_cfg(name_or_path).read_text()
 
 
-def build_model(cfg_text: str, num_classes: int) -> Darknet:
-    """Darknet built from cfg text (as stored in checkpoints) with ``num_classes`` classes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.cfg"
-        path.write_text(cfg_text)
-        return Darknet.from_cfg(path, num_classes=num_classes)
+def build_model(cfg_text: str, num_classes: int, source: str = "<cfg text>") -> Darknet:
+    """Darknet built from cfg text (as stored in checkpoints) with ``num_classes`` classes; errors name
+    ``source``, the cfg file (or packaged cfg) the text was read from, at the line of the text."""
+    sections = parse_cfg(cfg_text, source=str(source))
+    set_num_classes(sections, num_classes)
+    return Darknet(sections)

@@ -289,7 +289,9 @@ def _convert(raw: str, kind: str) -> Any:
     return raw
 
 
-def _read_lines(path_or_text: str | Path) -> tuple[str, list[str]]:
+def _read_lines(path_or_text: str | Path, source: str | None = None) -> tuple[str, list[str]]:
+    if source is not None:  # cfg text read from the file ``source``: errors name that file
+        return source, str(path_or_text).splitlines()
     if isinstance(path_or_text, Path) or "\n" not in str(path_or_text):
         path = Path(path_or_text)
         try:
@@ -341,15 +343,16 @@ def _add_option(section: CfgSection, text: str, number: int) -> None:
     section.options[key] = CfgOption(value, number)
 
 
-def parse_cfg(path_or_text: str | Path) -> list[CfgSection]:
-    """Parse a darknet cfg (a ``Path``, a path string, or cfg text containing a newline).
+def parse_cfg(path_or_text: str | Path, source: str | None = None) -> list[CfgSection]:
+    """Parse a darknet cfg (a ``Path``, a path string, or cfg text containing a newline). With ``source``,
+    ``path_or_text`` is the text of the cfg file ``source`` (named in errors and warnings).
 
     Returns the sections in file order. Raises CfgError (``file:line: problem``) for an unknown or
     unimplemented section type, a line that is not ``key=value``, a key before any section, a value of
     the wrong type, or a known key set to a value that is not implemented. Warns (CfgWarning) on keys
     darknet does not read and on repeated keys.
     """
-    file, lines = _read_lines(path_or_text)
+    file, lines = _read_lines(path_or_text, source)
     sections: list[CfgSection] = []
     for number, line in enumerate(lines, start=1):
         text = _strip_comment(line)

@@ -133,11 +133,11 @@ def _has_test(data_yaml: Path) -> bool:
 
 def _test_metrics(checkpoint: Path, cfg) -> dict:
     """COCO mAP of the run's last checkpoint on the test split (the weights its last val row measured)."""
+    from yololab.engine.checkpoint import load_module
     from yololab.engine.datamodule import YoloDataModule
-    from yololab.engine.module import YoloModule
     from yololab.evaluate.runner import evaluate_loader
 
-    module = YoloModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = load_module(checkpoint)
     data = YoloDataModule(Path(cfg.data.data), cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
                           channels=module.model.channels)
     data.validate(("test",))

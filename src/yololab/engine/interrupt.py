@@ -1,0 +1,73 @@
+"""What a run does when it is stopped from outside (Ctrl-C, a cluster's SIGTERM) or by a non-finite loss.
+
+Lightning turns Ctrl-C (SIGINT) into a graceful shutdown that ends in ``sys.exit(1)``, and SIGTERM into a
+``SIGTERMException`` (a ``SystemExit`` with status 0) raised after the current batch; neither saves a
+checkpoint. yololab saves ``last.ckpt`` at every epoch end before anything else (engine/metrics_log.py), so
+the last finished epoch is always on disk: :class:`InterruptWatch` records why and where the run stopped, and
+:func:`stopped_error` turns that into one :class:`RunStopped` line saying how to resume, exiting non-zero.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from yololab.errors import RunStopped
+
+SIGNAL_EXIT_BASE = 128  # shells report death by signal N as status 128 + N
+
+
+@dataclass
+class Stop:
+    """Why and where a run stopped: ``reason`` is SIGINT, SIGTERM or a non-finite loss message."""
+
+    reason: str
+    epoch: int  # 0-based epoch that was running
+    step: int  # optimiser steps done before it stopped (the step in progress is step + 1)
+    exit_code: int
+
+
+class InterruptWatch(L.Callback):
+    """Records the first interruption or non-finite loss Lightning reports through ``on_exception``."""
+
+    def __init__(self) -> None:
+        self.stop: Stop | None = None
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if self.stop is not None:
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            reason, code = "SIGINT", SIGNAL_EXIT_BASE + signal.SIGINT
+        elif trainer.received_sigterm:  # also when SIGTERM killed a DataLoader worker first
+            reason, code = "SIGTERM", SIGNAL_EXIT_BASE + signal.SIGTERM
+        elif isinstance(exception, FloatingPointError):
+            reason, code = str(exception), 1
+        else:
+            return
+        self.stop = Stop(reason, trainer.current_epoch, trainer.global_step, code)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``."""
+    return (f"yololab train --project {shlex.quote(str(run_dir.parent))} --name {shlex.quote(run_dir.name)} "
+            "--resume")
+
+
+def stopped_error(stop: Stop, run_dir: Path, saved_epochs: int) -> RunStopped:
+    """One line: what stopped the run, which epochs ``last.ckpt`` holds (``saved_epochs`` finished ones) and the
+    command that resumes it (or that nothing can be resumed yet)."""
+    where = f"epoch {stop.epoch + 1}, step {stop.step + 1}"  # both 1-based, as the progress bar counts
+    if stop.reason in ("SIGINT", "SIGTERM"):
+        what = f"interrupted by {stop.reason} in {where}"
+    else:
+        what = f"stopped at {where}: {stop.reason} (lower optim.lr or the loss weights)"
+    if saved_epochs == 0:
+        return RunStopped(f"{what}; no epoch had finished, so there is nothing to resume: start the run again "
+                          "with --exist-ok", stop.exit_code)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    epochs = "epoch 1" if saved_epochs == 1 else f"epochs 1-{saved_epochs}"
+    return RunStopped(f"{what}; {last} holds {epochs}; continue with: {resume_command(run_dir)}", stop.exit_code)
