@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,9 @@ def _loggers(cfg: RunConfig, purge_step: int | None = None) -> list[Logger]:
             from lightning.pytorch.loggers import MLFlowLogger
 
             uri = tc.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+            if tc.mlflow_uri is None:
+                # MLflow 3 refuses its file store unless asked for it; the run folder's own store needs no server.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             out.append(MLFlowLogger(experiment_name=cfg.project, run_name=cfg.name, tracking_uri=uri))
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger

@@ -35,11 +35,17 @@ def _draw(ax, groups: Groups, key: str, splits=("train", "val")) -> None:
         for split in splits:
             epochs, mean, low, high = seed_band(seeds, split, key)
             if epochs:
-                colour = plots._colour(i)
+                colour = plots.run_colour(i)
                 ax.plot(epochs, mean, plots.SPLIT_STYLE[split], color=colour, marker="o",
                         markersize=plots.MARKER_SIZE)
                 ax.fill_between(epochs, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+
+
+def _keys(groups: Groups, styles: list[tuple[str, str]]) -> list[plots.Key]:
+    """Legend entries: a colour per configuration, then each line style in the plots' key grey."""
+    return [*(plots.Key(label, plots.run_colour(i), "-") for i, (label, _) in enumerate(groups)),
+            *(plots.Key(text, plots.KEY_COLOUR, style, style_only=True) for style, text in styles)]
 
 
 def loss_band_grid(groups: Groups) -> Figure | None:
@@ -54,7 +60,7 @@ def loss_band_grid(groups: Groups) -> Figure | None:
             axes[r][c].set_title(f"{term} / s{scale}", fontsize="small")
             axes[r][c].tick_params(labelsize="x-small")
     axes[-1][0].set_xlabel("epoch", fontsize="small")
-    plots._legend(fig, groups, [("-", None, "train (mean)"), ("--", None, "val (mean)")])
+    plots._legend(fig, _keys(groups, [("-", "train (mean)"), ("--", "val (mean)")]))
     return fig
 
 
@@ -67,5 +73,5 @@ def map_band_plot(groups: Groups) -> Figure | None:
         _draw(ax, groups, key, splits=("val",))
         ax.set_title(f"val {key}", fontsize="small")
         ax.set_xlabel("epoch", fontsize="small")
-    plots._legend(fig, groups, [("--", None, "val (mean over seeds; band: min to max)")])
+    plots._legend(fig, _keys(groups, [("--", "val (mean over seeds; band: min to max)")]))
     return fig

@@ -202,5 +202,7 @@ def write_page(study: Study, rows: list[RunRow], study_dir: Path) -> Path:
         ("study", "Study", f"<details><summary>study.yaml</summary><pre>{html.escape(study_text)}</pre></details>"),
     ]
     path = study_dir / PAGE_NAME
-    path.write_text(_page(f"yololab study: {study_dir.name}", sections), encoding="utf-8")
+    # The report's page takes section builders; a study's sections are built above, once.
+    builders = [(sid, heading, lambda _source, body=body: body) for sid, heading, body in sections]
+    path.write_text(_page(f"yololab study: {study_dir.name}", builders, None), encoding="utf-8")
     return path
