@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -174,22 +173,19 @@ def same_report(a, b) -> bool:
             and all(np.array_equal(x, y) for x, y in zip(a.labels, b.labels, strict=True)))
 
 
-def test_cache_second_call_is_faster_and_equal(tmp_path, monkeypatch):
+def test_cache_second_call_is_served_from_the_cache_and_equal(tmp_path, monkeypatch):
     labels = {f"train/{i:03d}": f"{i % 3} 0.5 0.5 0.{i % 9 + 1} 0.3\n" for i in range(60)}
     labels["train/bad"] = "0 0.5 0.5 0.1 0.1\n9 0.5 0.5 0.1 0.1\n"
     labels["train/none"] = None
     images = load_data_yaml(make_dataset(tmp_path / "ds", labels, side=128)).splits["train"]
     calls = counting_validate_split(monkeypatch)
 
-    start = time.perf_counter()
     first = vc.validate_cached(images, 3, tmp_path / "cache")
-    first_s = time.perf_counter() - start
-    start = time.perf_counter()
     second = vc.validate_cached(images, 3, tmp_path / "cache")
-    second_s = time.perf_counter() - start
 
-    assert len(calls) == 1  # the second report came from the cache
-    assert second_s < first_s
+    # The second report came from the cache: validation itself ran once. (How much faster that is belongs in
+    # benchmarks/data.py, not in a timed assertion on a shared machine.)
+    assert len(calls) == 1
     assert same_report(first, second)
     assert same_report(first, validate_split(images, 3))
     bad = tmp_path / "ds/labels/train/bad.txt"
