@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +33,38 @@ class Stop:
 
 
 class InterruptWatch(L.Callback):
-    """Records the first interruption or non-finite loss Lightning reports through ``on_exception``."""
+    """Records the first interruption or non-finite loss Lightning reports through ``on_exception``.
+
+    Ctrl-C is also noted by a SIGINT handler of its own (which then raises as before): a KeyboardInterrupt
+    that lands inside torch's C++ checkpoint writer comes out as a RuntimeError, not as KeyboardInterrupt."""
 
     def __init__(self) -> None:
         self.stop: Stop | None = None
+        self._ctrl_c = False
+        self._previous_handler = None
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous_handler = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._note_ctrl_c)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def _note_ctrl_c(self, signum: int, frame) -> None:
+        self._ctrl_c = True
+        previous = self._previous_handler
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if self.stop is not None:
             return
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, KeyboardInterrupt) or self._ctrl_c:
             reason, code = "SIGINT", SIGNAL_EXIT_BASE + signal.SIGINT
         elif trainer.received_sigterm:  # also when SIGTERM killed a DataLoader worker first
             reason, code = "SIGTERM", SIGNAL_EXIT_BASE + signal.SIGTERM
@@ -49,6 +73,15 @@ class InterruptWatch(L.Callback):
         else:
             return
         self.stop = Stop(reason, trainer.current_epoch, trainer.global_step, code)
+
+    def on_uncaught(self, trainer: L.Trainer, exception: BaseException) -> None:
+        """Ctrl-C that reached ``trainer.fit``'s caller without ``on_exception`` having seen it: pressed outside
+        Lightning's handler, or Lightning's own Ctrl-C path (it marks the run interrupted and exits with status
+        1) when the hook did not get to this callback."""
+        lightning_ctrl_c = isinstance(exception, SystemExit) and exception.code == 1 and trainer.interrupted
+        if self.stop is None and (isinstance(exception, KeyboardInterrupt) or lightning_ctrl_c or self._ctrl_c):
+            self.stop = Stop("SIGINT", trainer.current_epoch, trainer.global_step,
+                             SIGNAL_EXIT_BASE + signal.SIGINT)
 
 
 def resume_command(run_dir: Path) -> str:

@@ -55,13 +55,7 @@ class MetricsJsonl(L.Callback):
         """On resume, drop the rows past the checkpoint and restore the checkpoint's own epoch rows."""
         if not self.resume or not trainer.is_global_zero:
             return
-        restored = self._restored_rows
-        # The checkpoint's epoch rows are the truth for that epoch; without them (a checkpoint written before
-        # they were kept in it) the rows of the epochs still to run are dropped.
-        first_restored = min((r["epoch"] for r in restored), default=trainer.current_epoch)
-        rows = read_metrics(self.path) if self.path.exists() else []
-        write_rows_atomically(self.path, [r for r in rows if r["epoch"] < first_restored] + restored)
-        drop_rows_from(self.lr_path, trainer.current_epoch)
+        restore_rows(self.path, self._restored_rows, trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
         if not self._lrs:
@@ -97,6 +91,19 @@ class MetricsJsonl(L.Callback):
                 row.update({k: _finite(v) for k, v in metrics.items() if k in TRAIN_EXTRAS})
             rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
         return rows
+
+
+def restore_rows(path: str | Path, restored: list[dict], next_epoch: int) -> None:
+    """Put ``path`` (metrics.jsonl) back in line with a checkpoint: the rows past it are dropped and the
+    checkpoint's own epoch rows ``restored`` replace the file's rows of that epoch; ``next_epoch`` is the first
+    epoch still to run. Without ``restored`` (a checkpoint written before the rows were kept in it) only the
+    rows of the epochs still to run are dropped. The per-step lr log is cut the same way."""
+    path = Path(path)
+    # The checkpoint's epoch rows are the truth for that epoch.
+    first_restored = min((r["epoch"] for r in restored), default=next_epoch)
+    rows = read_metrics(path) if path.exists() else []
+    write_rows_atomically(path, [r for r in rows if r["epoch"] < first_restored] + restored)
+    drop_rows_from(path.with_name(LR_FILE), next_epoch)
 
 
 def _finite(value: float) -> float | None:

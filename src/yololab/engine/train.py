@@ -33,7 +33,7 @@ from yololab.engine.checkpoint import (
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.epoch_time import EpochTimer
 from yololab.engine.interrupt import InterruptWatch, stopped_error
-from yololab.engine.metrics_log import MetricsJsonl, drop_rows_from, read_metrics
+from yololab.engine.metrics_log import MetricsJsonl, drop_rows_from, read_metrics, restore_rows
 from yololab.engine.module import YoloModule
 from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.engine.progress import PlainProgress
@@ -76,6 +76,7 @@ def _callbacks(cfg: RunConfig, progress: str, resume: bool) -> list[L.Callback]:
     timer = EpochTimer(cfg.run_dir / "metrics.jsonl", precise_bn)
     start, diagnostics_start, write_times = timer.callbacks()
     callbacks: list[L.Callback] = [
+        InterruptWatch(),  # first: it records an interruption before any other callback's on_exception runs
         start, *ema, *([precise_bn] if precise_bn else []),
         *([BatchNormCheck()] if cfg.train.bn_check else []),
         # last.ckpt at every epoch end, whatever the validation schedule, written before the epoch's metrics
@@ -86,7 +87,6 @@ def _callbacks(cfg: RunConfig, progress: str, resume: bool) -> list[L.Callback]:
         diagnostics_start,
         *diagnostics_callbacks(cfg.diagnostics, cfg.run_dir, cfg.doctor),
         write_times,
-        InterruptWatch(),
     ]
     if resume:
         callbacks.append(SaveConfigOnceStarted(cfg, cfg.run_dir / "config.yaml"))
@@ -327,11 +327,28 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     purge_step = resumed["global_step"] if resumed is not None else None
     trainer = make_trainer(cfg, progress, callbacks, resume=resume, purge_step=purge_step)
     _fit(trainer, module, data, last if resume else None, trainer.callbacks, resumed)
+    if resumed is not None and resumed["epoch"] + 1 >= cfg.train.epochs and first_process:
+        _catch_up_finished(cfg, resumed)
     _say_early_stop(trainer)
     best = run_dir / "checkpoints" / "best.ckpt"
     metrics_path = run_dir / "metrics.jsonl"
     return TrainResult(run_dir, best if best.exists() else None, last,
                        read_metrics(metrics_path) if metrics_path.exists() else [])
+
+
+def _catch_up_finished(cfg: RunConfig, resumed: dict) -> None:
+    """A run stopped after the checkpoint of its last epoch but before that epoch's rows, findings or report
+    were written: Lightning has nothing left to train and calls no epoch hook, so they are brought up to date
+    here from the checkpoint."""
+    from yololab.diagnostics.doctor import diagnose_run
+    from yololab.diagnostics.report import write_report
+
+    state = resumed.get("callbacks", {}).get(MetricsJsonl.__qualname__, {})
+    restore_rows(cfg.run_dir / "metrics.jsonl", list(state.get("epoch_rows", [])), resumed["epoch"] + 1)
+    if cfg.diagnostics.doctor:
+        diagnose_run(cfg.run_dir, cfg.doctor)
+    if cfg.diagnostics.report:
+        write_report(cfg.run_dir)
 
 
 def _fit(trainer: L.Trainer, module: YoloModule, data: YoloDataModule, ckpt: Path | None,
@@ -342,6 +359,7 @@ def _fit(trainer: L.Trainer, module: YoloModule, data: YoloDataModule, ckpt: Pat
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
     except (Exception, KeyboardInterrupt, SystemExit) as err:
+        watch.on_uncaught(trainer, err)
         if watch.stop is None:
             raise
         saved = metrics.saved_epochs or (resumed["epoch"] + 1 if resumed is not None else 0)
