@@ -39,25 +39,17 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
                  weights: str = "best", device: str = "cpu", with_thresholds: bool = False) -> Any:
     """COCO metrics of a checkpoint on a split (default: the run's own dataset); with ``with_thresholds``
     returns ``(metrics, threshold analysis)``."""
-    from yololab.data import DataError
     from yololab.detect import resolve_checkpoint, resolve_device
     from yololab.engine.checkpoint import load_module
-    from yololab.engine.datamodule import YoloDataModule
+    from yololab.engine.split_predictions import split_predictions
     from yololab.evaluate.coco import coco_map
-    from yololab.evaluate.runner import collect_predictions
     from yololab.evaluate.thresholds import threshold_analysis
 
     checkpoint, _ = resolve_checkpoint(run_or_ckpt, weights)
     module = load_module(checkpoint)
     cfg = module.cfg
-    dm = YoloDataModule(data or Path(cfg.data.data or ""), imgsz or cfg.data.imgsz, batch, cfg.data.workers,
-                        channels=module.model.channels, boxes_outside=cfg.data.boxes_outside)
-    if split not in dm.spec.splits:
-        raise DataError(dm.spec.yaml_path, None, f"no '{split}' split (it has {', '.join(dm.spec.splits)})")
-    dm.validate((split,))
-    tc = cfg.train
-    dets, truths = collect_predictions(module.model, dm.loader(split), module.loss.coder, tc.conf_thres,
-                                       tc.iou_thres, tc.max_det, resolve_device(device))
+    dets, truths = split_predictions(module, data or Path(cfg.data.data or ""), split, batch,
+                                     imgsz or cfg.data.imgsz, resolve_device(device))
     metrics = {**coco_map(dets, truths, num_classes=len(module.names), names=module.names), "split": split,
                "weights": str(checkpoint)}
     if not with_thresholds:

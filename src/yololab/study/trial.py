@@ -134,15 +134,12 @@ def _has_test(data_yaml: Path) -> bool:
 def _test_metrics(checkpoint: Path, cfg) -> dict:
     """COCO mAP of the run's last checkpoint on the test split (the weights its last val row measured)."""
     from yololab.engine.checkpoint import load_module
-    from yololab.engine.datamodule import YoloDataModule
-    from yololab.evaluate.runner import evaluate_loader
+    from yololab.engine.split_predictions import split_predictions
+    from yololab.evaluate.coco import coco_map
 
     module = load_module(checkpoint)
-    data = YoloDataModule(Path(cfg.data.data), cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
-                          channels=module.model.channels)
-    data.validate(("test",))
-    result = evaluate_loader(module.model, data.loader("test"), module.loss.coder, module.names,
-                             cfg.train.conf_thres, cfg.train.iou_thres, cfg.train.max_det)
+    dets, truths = split_predictions(module, cfg.data.data, "test", cfg.data.batch, cfg.data.imgsz)
+    result = coco_map(dets, truths, num_classes=len(module.names), names=module.names)
     return {key: result[key] for key in ("mAP50", "mAP50_95", "n_images") if key in result}
 
 

@@ -1,0 +1,29 @@
+"""Predictions of a trained module on a whole split of a dataset: what ``yololab eval`` and a study's test
+evaluation both measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from yololab.data import DataError
+from yololab.engine.datamodule import YoloDataModule
+from yololab.engine.module import YoloModule
+from yololab.evaluate.runner import collect_predictions
+
+
+def split_predictions(module: YoloModule, data_yaml: str | Path, split: str, batch: int, imgsz: int,
+                      device: str | torch.device = "cpu") -> tuple[list[Tensor], list[Tensor]]:
+    """Detections ``[K, 6]`` and truths ``[M, 5]`` (input pixels) of every image of ``split``, read under the
+    run's own box policy and validated first; DataError naming the data.yaml when it has no such split."""
+    cfg = module.cfg
+    dm = YoloDataModule(data_yaml, imgsz, batch, cfg.data.workers, channels=module.model.channels,
+                        boxes_outside=cfg.data.boxes_outside)
+    if split not in dm.spec.splits:
+        raise DataError(dm.spec.yaml_path, None, f"no '{split}' split (it has {', '.join(dm.spec.splits)})")
+    dm.validate((split,))
+    tc = cfg.train
+    return collect_predictions(module.model, dm.loader(split), module.loss.coder, tc.conf_thres, tc.iou_thres,
+                               tc.max_det, device)
