@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from yololab.config import LOSS_OVERRIDES
 from yololab.diagnostics import plots
 from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl, read_lr_steps
 from yololab.diagnostics.threshold_plots import thresholds_section
@@ -417,7 +418,8 @@ def differing_settings(runs: list[Run]) -> list[dict]:
 
     Left out: names (name, project, preset: the preset has its own column) and loss settings that only follow from
     the run's preset (its value is the preset's); a loss setting changed on top of the preset stays."""
-    flats = [_flat(r.config) for r in runs]
+    # loss_overrides restate loss.* settings that differ from the preset: those are compared as loss.* keys.
+    flats = [_flat({k: v for k, v in r.config.items() if k != LOSS_OVERRIDES}) for r in runs]
     keys = [k for k in dict.fromkeys(k for flat in flats for k in flat) if k not in NAMING_KEYS
             and len({json.dumps(flat.get(k), sort_keys=True, default=str) for flat in flats}) > 1]
     out = []
