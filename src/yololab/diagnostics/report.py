@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from yololab import keys as scale_keys
 from yololab.config import LOSS_OVERRIDES
 from yololab.diagnostics import plots
 from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl, read_lr_steps
@@ -445,7 +446,7 @@ def final_metrics(run: Run) -> dict:
             "val mAP50": last.get("mAP50"), "val mAP50_95": last.get("mAP50_95"),
             "val loss/total": last.get("loss/total"),
             "best mAP50 (epoch)": f"{_fmt(best['mAP50'])} ({best['epoch']})" if best else None,
-            **{f"val iou s{s}": last.get(f"stat/iou/s{s}") for s in scales}}
+            **{f"val iou s{s}": last.get(scale_keys.stat_key("iou", s)) for s in scales}}
 
 
 def _final(runs: list[Run]) -> str:
