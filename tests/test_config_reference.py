@@ -21,7 +21,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}: the leaves of a dumped config, found without the reference's walker."""
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key != "scale_weights":  # the one dict-valued leaf
+        if isinstance(value, dict) and key not in ("scale_weights", "loss_overrides"):  # the dict-valued leaves
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

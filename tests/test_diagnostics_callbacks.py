@@ -28,6 +28,7 @@ from yololab.diagnostics.doctor_callback import DoctorCallback
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.train import train
 from yololab.loss import YoloLoss, preset
+from yololab.loss.assign import Assignment
 from yololab.model.build import build_model, read_cfg_text
 from yololab.model.coder import BoxCoder
 
@@ -57,9 +58,11 @@ def _hand_batch(seed: int, batch: int = 2):
     targets = torch.tensor([[0, 1, 0.30, 0.40, 0.20, 0.25],
                             [1, 0, 0.70, 0.60, 0.50, 0.40],
                             [1, 2, 0.10, 0.90, 0.10, 0.12]])
-    # (scale, image, anchor, gy, gx, target): the cell holding each centre, truth 1 assigned at two scales.
-    assignment = (torch.tensor([0, 1, 0, 0]), torch.tensor([0, 1, 1, 1]), torch.tensor([1, 0, 1, 0]),
-                  torch.tensor([3, 2, 4, 7]), torch.tensor([2, 2, 5, 0]), torch.tensor([0, 1, 1, 2]))
+    # The cell holding each centre, truth 1 assigned at two scales (the histograms read only these fields).
+    assignment = Assignment(
+        scale=torch.tensor([0, 1, 0, 0]), image=torch.tensor([0, 1, 1, 1]), anchor=torch.tensor([1, 0, 1, 0]),
+        gy=torch.tensor([3, 2, 4, 7]), gx=torch.tensor([2, 2, 5, 0]), target=torch.tensor([0, 1, 1, 2]),
+        shape_iou=torch.ones(4), matched=torch.ones(3, 2, dtype=torch.bool), home_scale=torch.tensor([0, 1, 0]))
     return raw, targets, assignment
 
 

@@ -65,3 +65,6 @@ def test_seed002_without_truths_is_finite():
     assert torch.isfinite(out.total) and all(torch.isfinite(g).all() for g in grads)
     assert float(out.terms["obj/s0"]) == 0 and float(out.terms["box/s0"]) == 0
     assert float(out.terms["noobj/s0"]) > 0
+    # The defined value: the objectness over the negatives alone, the mean BCE(to, 0) = softplus(to) per scale.
+    negatives = sum(torch.nn.functional.softplus(r[..., 4].double()).mean() for r in c.raw)
+    assert float(out.total.detach()) == pytest.approx(float(negatives), rel=1e-6)

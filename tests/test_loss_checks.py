@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from yololab import keys
-from yololab.cli import app
+from yololab.cli import _loss_config_to_check, app
 from yololab.config import build_config, save_config
 from yololab.loss import PRESETS, LossConfig, YoloLoss, aggregate, preset
 from yololab.loss import terms as loss_terms
@@ -223,9 +223,11 @@ def test_cli_reads_loss_yaml_and_run_config(tmp_path):
     save_config(build_config({"preset": "paper"}), run_yaml)
     res = CliRunner().invoke(app, ["check-loss", "--config", str(run_yaml), "--check", "finite-terms"])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, ["check-loss", "--config", str(run_yaml), "--preset", "paper"])
-    assert res.exit_code != 0
-    assert "drop --preset" in res.output
+    # A run config with --preset: that preset with the run's loss_overrides, as `yololab train` would train it.
+    save_config(build_config({"preset": "paper"}, ["loss.obj_weight=2"]), run_yaml)
+    cfg, label = _loss_config_to_check("darknet", run_yaml, ["loss.cls_weight=3"])
+    assert cfg == preset("darknet", obj_weight=2.0, cls_weight=3.0)
+    assert label == f"preset darknet with the loss_overrides of {run_yaml} with loss.cls_weight=3"
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("box_los: diou\n")

@@ -104,10 +104,11 @@ def _train_config(data: Path | None, cfg: str | None, preset: str | None, epochs
     for (section, key), value in flags.items():
         if value is not None:
             raw.setdefault(section, {})[key] = value
-    for key, value in (("preset", preset), ("project", project), ("name", name)):
+    for key, value in (("project", project), ("name", name)):
         if value is not None:
             raw[key] = value
-    return build_config(raw, overrides)
+    # As --set preset=P: the loss becomes P with the config's loss overrides (those relative to its own preset).
+    return build_config(raw, [*([f"preset={preset}"] if preset is not None else []), *overrides])
 
 
 def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -127,7 +128,8 @@ def train(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset data.yaml.")] = None,
     cfg: Annotated[str | None, typer.Option("--cfg", help="darknet cfg path or packaged cfg name.",
                                             show_default=_default(ModelConfig, "cfg"))] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="Loss preset (yololab, darknet, ...).",
+    preset: Annotated[str | None, typer.Option("--preset", help="Loss preset (yololab, darknet, ...). With "
+                                               "--config: this preset with the config's loss_overrides on top.",
                                                show_default=_default(RunConfig, "preset"))] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs to train.",
                                                show_default=_default(TrainConfig, "epochs"))] = None,
@@ -139,7 +141,8 @@ def train(
                                                 show_default=_default(RunConfig, "project"))] = None,
     name: Annotated[str | None, typer.Option("--name", help="Run name: writes PROJECT/NAME/.",
                                              show_default=_default(RunConfig, "name"))] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="A config.yaml to start from.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A config.yaml to start from (its preset and "
+                                                "loss_overrides give its loss).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (dotted); every key is "
                                                    "listed by `yololab config --list`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue PROJECT/NAME from last.ckpt.")] = False,
@@ -150,6 +153,9 @@ def train(
     """Train a model on a dataset, writing PROJECT/NAME/ (config, checkpoints, TensorBoard, metrics).
 
     Every configuration field, its default and meaning: `yololab config --list` (or docs/config.md).
+    config.yaml records the loss twice: `loss` and `preset` + `loss_overrides` (the fields that differ from the
+    preset). `--config RUN/config.yaml --preset P` trains preset P with that run's loss_overrides and any
+    `--set loss.*` on top, and records P.
 
     Example: yololab train --data data/digits/data.yaml --cfg yolov3-tiny-3l-small --epochs 10 --imgsz 256
     --batch 16 --name digits --set optim.lr=0.002 --set loss.box_loss=ciou
@@ -231,8 +237,9 @@ def demo(
 
 # ------------------------------------------------------------------------------------------------ check-loss
 def _loss_config_to_check(preset: str | None, config: Path | None, overrides: list[str]):
-    """The LossConfig to check: a preset (default yololab); or ``config``, either a run's config.yaml or a YAML
-    of LossConfig fields applied on top of the preset; then ``--set`` overrides (``loss.field=value``; a bare
+    """The LossConfig to check: a preset (default yololab); or ``config``, either a run's config.yaml (with
+    ``preset``: that preset with the run's loss_overrides, as ``train``) or a YAML of LossConfig fields applied on
+    top of the preset; then ``--set`` overrides (``loss.field=value``; a bare
     LossConfig field name means the same). Returns (LossConfig, a label saying where it came from)."""
     import yaml
     from pydantic import ValidationError
@@ -244,6 +251,7 @@ def _loss_config_to_check(preset: str | None, config: Path | None, overrides: li
     overrides = [f"loss.{item}" if item.partition("=")[0].strip() in fields else item for item in overrides]
     label = f"preset {preset or 'yololab'}"
     base: dict = {"preset": preset or "yololab"}
+    first: list[str] = []  # a run config's --preset, applied as --set preset=P
     if config is not None:
         if not config.is_file():
             raise ConfigError(f"{config}: no such file")
@@ -260,21 +268,21 @@ def _loss_config_to_check(preset: str | None, config: Path | None, overrides: li
                 raise ConfigError(f"{config}: invalid loss configuration:\n{err}") from None
             base["loss"] = data
             label = f"{config} on {label}"
-        else:  # a run config.yaml: its own preset and loss section
-            if preset is not None:
-                raise ConfigError(f"{config} is a run config with its own loss section: drop --preset")
+        else:  # a run config.yaml: its preset and loss overrides, or --preset with those overrides (as train)
             base = load_config(config).model_dump(mode="json")
-            label = str(config)
+            label = str(config) if preset is None else f"preset {preset} with the loss_overrides of {config}"
+            first = [f"preset={preset}"] if preset is not None else []
     if overrides:
         label += " with " + " ".join(overrides)
-    return build_config(base, overrides).loss, label
+    return build_config(base, [*first, *overrides]).loss, label
 
 
 @app.command("check-loss")
 def check_loss(
     preset: Annotated[str | None, typer.Option("--preset", help="Loss preset to check (default yololab).")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="A run's config.yaml, or a YAML of loss fields applied on top of the preset.")] = None,
+        "--config", help="A run's config.yaml (with --preset: that preset with the run's loss_overrides), or a "
+        "YAML of loss fields applied on top of the preset.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: loss.field=value.")] = None,
     classes: Annotated[int, typer.Option(help="Classes in the synthetic batch.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the random raw outputs.")] = 0,

@@ -1,6 +1,10 @@
 """Typed run configuration: pydantic models (unknown keys are errors), YAML in/out, ``--set`` overrides.
 
-The resolved ``RunConfig`` is written beside every run as ``config.yaml`` and is enough to repeat it.
+The resolved ``RunConfig`` is written beside every run as ``config.yaml`` and is enough to repeat it. Its loss
+section is recorded twice, so that the preset a run names and the loss it trained cannot disagree: ``loss`` (every
+field) and ``preset`` + ``loss_overrides`` (the fields where ``loss`` differs from the preset). Starting from a
+config with another preset (``train --config RUN/config.yaml --preset P``, ``--set preset=P``, a study level)
+trains P with the overrides on top.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from yololab.data.augment_config import AugmentConfig
 from yololab.diagnostics.config import DiagnosticsConfig
 from yololab.diagnostics.doctor import DoctorConfig
 from yololab.loss.config import LossConfig
-from yololab.loss.presets import preset
+from yololab.loss.presets import PRESETS, preset
+
+DEFAULT_PRESET = "yololab"
+LOSS_OVERRIDES = "loss_overrides"  # the RunConfig field: "loss.FIELD" -> value where loss differs from the preset
+LOSS_PREFIX = "loss."
 
 
 class ConfigError(ValueError):
@@ -121,7 +129,13 @@ class RunConfig(_Strict):
 
     project: str = Field("runs", description="Folder of runs (`--project`).")
     name: str = Field("train", description="Run name: the run is written to PROJECT/NAME/ (`--name`).")
-    preset: str = Field("yololab", description="Loss preset the loss section was resolved from.")
+    preset: str = Field(DEFAULT_PRESET, description="Loss preset the loss section was resolved from: preset + "
+                        "loss_overrides = the loss section.")
+    loss_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Written by yololab: every loss field where the loss section differs "
+        "from the preset's, as `loss.FIELD: value` (a --set that repeats the preset's value is no override). "
+        "`train --config RUN/config.yaml --preset P` trains P with these on top. Edit the loss section or these, "
+        "not both: a file where preset + loss_overrides do not give its loss section is refused (docs/loss.md).")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -133,9 +147,98 @@ class RunConfig(_Strict):
     doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="Thresholds of the doctor's rules "
                                  "(switched on and off by diagnostics.doctor).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_of_the_preset(cls, data: Any) -> Any:
+        """Without a loss section, the preset's loss (not yololab's)."""
+        if isinstance(data, dict) and "loss" not in data:
+            data = {**data, "loss": preset(data.get("preset", DEFAULT_PRESET))}
+        return data
+
+    @model_validator(mode="after")
+    def _record_overrides(self) -> RunConfig:
+        """Derive loss_overrides from the loss and the preset; given ones must give the same loss."""
+        derived = loss_overrides(self.loss, self.preset)
+        if LOSS_OVERRIDES in self.model_fields_set and _apply(self.preset, self.loss_overrides) != self.loss:
+            raise ValueError(f"preset {self.preset} with loss_overrides {self.loss_overrides} does not give the loss "
+                             f"section (its overrides are {derived})")
+        self.loss_overrides = derived
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.project) / self.name
+
+
+def loss_overrides(loss: LossConfig, preset_name: str) -> dict[str, Any]:
+    """``{"loss.FIELD": value}`` (JSON values) for every field where ``loss`` differs from the preset's."""
+    reference = preset(preset_name)
+    values = loss.model_dump(mode="json")
+    return {f"{LOSS_PREFIX}{name}": values[name] for name in LossConfig.model_fields
+            if getattr(loss, name) != getattr(reference, name)}
+
+
+def _override_fields(overrides: Any, where: str) -> dict[str, Any]:
+    """``{"loss.obj_weight": 2}`` -> ``{"obj_weight": 2}``; ConfigError for anything that is not loss.FIELD."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: {LOSS_OVERRIDES} must be a mapping of loss.FIELD: value, got "
+                          f"{type(overrides).__name__}")
+    fields = {}
+    for key, value in overrides.items():
+        name = str(key).removeprefix(LOSS_PREFIX)
+        if not str(key).startswith(LOSS_PREFIX) or name not in LossConfig.model_fields:
+            raise ConfigError(f"{where}: {LOSS_OVERRIDES} key {key!r} is not loss.FIELD with FIELD a loss setting")
+        fields[name] = value
+    return fields
+
+
+def _apply(preset_name: str, overrides: dict[str, Any]) -> LossConfig:
+    """The preset's loss with ``{"loss.FIELD": value}`` overrides on top."""
+    return preset(preset_name, **_override_fields(overrides, LOSS_OVERRIDES))
+
+
+def _loss_dict(section: Any) -> dict[str, Any]:
+    """A loss section (a mapping of fields or a LossConfig) as a dict."""
+    return section.model_dump() if isinstance(section, BaseModel) else dict(section or {})
+
+
+def resolve_loss(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A config dict with its loss section complete and without loss_overrides (RunConfig derives them).
+
+    The loss is the preset's fields <- loss_overrides (used when there is no loss section) <- the loss section
+    (whole or partial; a field's value replaces the preset's whole). Given both, preset + loss_overrides must give the
+    loss section: a file edited in one place and not the other is refused in one line (``where`` names it)."""
+    name = raw.get("preset", DEFAULT_PRESET)
+    if name not in PRESETS:
+        raise ConfigError(f"{where}: unknown loss preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    section = raw.get("loss")
+    if section is not None and not isinstance(section, dict | BaseModel):
+        raise ConfigError(f"{where}: the loss section must be a mapping of loss fields, got {type(section).__name__}")
+    out = {k: v for k, v in raw.items() if k != LOSS_OVERRIDES}
+    reference = preset(name).model_dump()
+    if LOSS_OVERRIDES not in raw:
+        out["loss"] = {**reference, **_loss_dict(section)}
+        return out
+    fields = _override_fields(raw[LOSS_OVERRIDES], where)
+    try:
+        recorded = LossConfig(**{**reference, **fields})
+    except ValidationError as err:
+        raise ConfigError(f"{where}: {LOSS_OVERRIDES} on preset {name} are not a valid loss: "
+                          f"{err.errors()[0]['msg']}") from None
+    if section is None:
+        out["loss"] = recorded.model_dump()
+        return out
+    out["loss"] = {**reference, **_loss_dict(section)}
+    try:
+        written = LossConfig(**out["loss"])
+    except ValidationError:
+        return out  # RunConfig reports the bad field
+    differ = [f"loss.{f}" for f in LossConfig.model_fields if getattr(written, f) != getattr(recorded, f)]
+    if differ:
+        raise ConfigError(f"{where}: preset {name} with {LOSS_OVERRIDES} does not give the loss section "
+                          f"({', '.join(differ)} differ): delete {LOSS_OVERRIDES} to train the loss section as "
+                          f"written, or the loss section to train the preset with {LOSS_OVERRIDES}")
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -164,10 +267,24 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Resolve a RunConfig: defaults <- base dict <- ``--set`` overrides; the loss starts from its preset."""
-    raw = _merge(base or {}, parse_overrides(overrides or []))
-    preset_name = raw.get("preset", "yololab")
-    raw["loss"] = _merge(preset(preset_name).model_dump(), raw.get("loss", {}))
+    """Resolve a RunConfig: defaults <- base dict <- ``--set`` overrides.
+
+    The loss is the final preset (``--set preset=P`` replaces the base's) <- the base's loss overrides, i.e. the
+    fields where the base's loss differs from the base's own preset (see ``resolve_loss``) <- ``--set loss.*``.
+    So a base with a whole loss section, such as a loaded config.yaml, given another preset trains that preset
+    with the base's overrides, never the base's preset under the other one's name."""
+    base = resolve_loss(base or {}, "invalid configuration")
+    try:
+        base_loss = LossConfig(**base["loss"])
+    except ValidationError as err:
+        raise ConfigError(f"invalid configuration:\n{err}") from None
+    changes = parse_overrides(overrides or [])
+    loss_changes = changes.pop("loss", {})
+    raw = _merge(base, changes)
+    # A loss field's value replaces the one below it whole (a scale_weights dict is not merged key by key).
+    base_overrides = loss_overrides(base_loss, base.get("preset", DEFAULT_PRESET))
+    raw["loss"] = {**_override_fields(base_overrides, LOSS_OVERRIDES), **_loss_dict(loss_changes)}
+    raw = resolve_loss(raw, "invalid configuration")
     try:
         cfg = RunConfig(**raw)
     except ValidationError as err:
@@ -192,6 +309,9 @@ def load_config(path: str | Path) -> RunConfig:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got a {type(data).__name__}")
+    data = resolve_loss(data, str(path))
     try:
         cfg = RunConfig(**data)
     except ValidationError as err:

@@ -2,7 +2,8 @@
 
 ``TERMS`` are the loss terms (``LossBreakdown.terms``), ``STATS`` the per-scale statistics
 (``LossBreakdown.stats``); both are keyed by ``key(name, scale)``, scale 0 being the first ``[yolo]`` layer in
-cfg order.
+cfg order. Histograms (``histograms.jsonl``) use the same keys. The rows of ``metrics.jsonl`` name them within a
+group: ``key(name, scale, LOSS) == "loss/<name>/s<i>"`` (also ``UNWEIGHTED``, ``STAT``, ``GRAD_SHARE``).
 """
 
 from __future__ import annotations
@@ -22,22 +23,65 @@ STATS = (
     "recall50",  # fraction of trained truths whose prediction has IoU > 0.5 (darknet's .5R)
     "recall75",  # ... IoU > 0.75 (darknet's .75R)
 )
-_KEY = re.compile(r"^(?P<name>[A-Za-z0-9_]+)/s(?P<scale>\d+)$")
+# Groups of the logged per-scale keys (metrics.jsonl rows, TensorBoard): "<group>/<name>/s<i>".
+LOSS, UNWEIGHTED, STAT, GRAD_SHARE = "loss", "unweighted", "stat", "grad_share"
+LOSS_GROUPS = (LOSS, UNWEIGHTED, STAT)  # what the loss logs per scale (engine/module.py)
+_KEY = re.compile(r"^(?:(?P<group>[A-Za-z0-9_]+)/)?(?P<name>[A-Za-z0-9_]+)/s(?P<scale>\d+)$")
 
 
-def key(name: str, scale: int) -> str:
-    """``key("obj", 2) == "obj/s2"``."""
-    return f"{name}/s{scale}"
+def key(name: str, scale: int, group: str | None = None) -> str:
+    """``key("obj", 2) == "obj/s2"``; ``key("obj", 2, LOSS) == "loss/obj/s2"``."""
+    return f"{name}/s{scale}" if group is None else f"{group}/{name}/s{scale}"
 
 
-def parse(text: str) -> tuple[str, int]:
-    """``parse("obj/s2") == ("obj", 2)``; anything else is a ValueError naming the text."""
+def loss_key(term: str, scale: int) -> str:
+    """``loss_key("obj", 2) == "loss/obj/s2"``: a weighted term as metrics.jsonl names it."""
+    return key(term, scale, LOSS)
+
+
+def stat_key(name: str, scale: int) -> str:
+    """``stat_key("iou", 0) == "stat/iou/s0"``: a statistic as metrics.jsonl names it."""
+    return key(name, scale, STAT)
+
+
+def grad_share_key(term: str, scale: int) -> str:
+    """``grad_share_key("box", 1) == "grad_share/box/s1"``: a term's gradient share as metrics.jsonl names it."""
+    return key(term, scale, GRAD_SHARE)
+
+
+def split(text: str) -> tuple[str | None, str, int] | None:
+    """``split("loss/obj/s2") == ("loss", "obj", 2)``, ``split("obj/s2") == (None, "obj", 2)``; None for any
+    text that is not a per-scale key."""
     match = _KEY.match(text)
     if match is None:
-        raise ValueError(f"not a per-scale key '<name>/s<i>': {text!r}")
-    return match["name"], int(match["scale"])
+        return None
+    return match["group"], match["name"], int(match["scale"])
 
 
-def is_key(text: str) -> bool:
-    """Whether ``text`` is a per-scale key."""
-    return _KEY.match(text) is not None
+def match(text: str, group: str | None = None) -> tuple[str, int] | None:
+    """(name, scale) when ``text`` is a per-scale key of ``group`` (None: a key without a group), else None."""
+    parts = split(text)
+    if parts is None or parts[0] != group:
+        return None
+    return parts[1], parts[2]
+
+
+def parse(text: str, group: str | None = None) -> tuple[str, int]:
+    """``parse("obj/s2") == ("obj", 2)``, ``parse("loss/obj/s2", LOSS) == ("obj", 2)``; anything else is a
+    ValueError naming the text."""
+    parts = match(text, group)
+    if parts is None:
+        form = "<name>/s<i>" if group is None else f"{group}/<name>/s<i>"
+        raise ValueError(f"not a per-scale key '{form}': {text!r}")
+    return parts
+
+
+def is_key(text: str, group: str | None = None) -> bool:
+    """Whether ``text`` is a per-scale key of ``group`` (None: without a group)."""
+    return match(text, group) is not None
+
+
+def scale_of(text: str) -> int | None:
+    """The scale of any per-scale key, with or without a group; None for other text."""
+    parts = split(text)
+    return None if parts is None else parts[2]

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from yololab import keys as scale_keys
 from yololab.engine.precise_bn import batch_statistics
 
 CHECKED_BATCH = 0  # the first validation batch: the same images every epoch
@@ -22,11 +23,15 @@ SUMMARY_STATS = ("obj_pos", "iou")  # loss statistics compared besides the loss 
 
 def _summary(breakdown) -> dict[str, Tensor]:
     """loss/total and, over the truths of all scales, the mean objectness and IoU of responsible predictions."""
-    counts = {k.split("/")[1]: v for k, v in breakdown.stats.items() if k.startswith("n_pos/")}
+    counts = {}  # scale -> truths trained there
+    for key, value in breakdown.stats.items():
+        name, scale = scale_keys.parse(key)
+        if name == "n_pos":
+            counts[scale] = value
     total = sum(counts.values())
     out = {"loss": breakdown.total.detach()}
     for name in SUMMARY_STATS:
-        weighted = [breakdown.stats[f"{name}/{s}"].nan_to_num() * n for s, n in counts.items()]
+        weighted = [breakdown.stats[scale_keys.key(name, s)].nan_to_num() * n for s, n in counts.items()]
         out[name] = sum(weighted) / total if total > 0 else torch.zeros(())
     return out
 

@@ -23,12 +23,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from yololab import keys as scale_keys
 from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
 from yololab.diagnostics.config import DiagnosticsConfig
 from yololab.diagnostics.doctor import DoctorConfig
 from yololab.diagnostics.doctor_callback import DoctorCallback
 from yololab.diagnostics.report import write_report
 from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
+from yololab.loss.assign import Assignment
 from yololab.model.coder import BoxCoder
 
 HIST_KINDS = ("obj_pos", "obj_neg", "iou")
@@ -74,23 +76,21 @@ def bin_counts(values: Tensor, edges: Tensor) -> Tensor:
     return torch.bincount(index, minlength=len(edges) - 1)
 
 
-def histogram_values(raw: list[Tensor], targets: Tensor, assignment: tuple[Tensor, ...],
+def histogram_values(raw: list[Tensor], targets: Tensor, assignment: Assignment,
                      anchors: list[Tensor], strides: list[int], coder: BoxCoder) -> dict[str, Tensor]:
     """The samples one batch adds to each histogram: ``"<kind>/s<i>"`` -> 1-D tensor.
 
     raw: per scale [B, A, H, W, 5 + C] logits; targets [N, 6] (image, class, cx, cy, w, h) normalised to
-    the input; assignment (scale, image, anchor, gy, gx, target) of the positives; anchors per scale [A, 2]
+    the input; assignment: the loss's ``Assignment`` of the positives; anchors per scale [A, 2]
     input pixels. ``obj_pos`` has one value per assignment (a cell assigned twice counts twice, as in the
     loss's stats); ``obj_neg`` one per prediction that is not responsible for any truth.
     """
-    scale_of, image, anchor, gy, gx, target = assignment
     grid_h, grid_w = raw[0].shape[2:4]
     input_wh = targets.new_tensor([grid_w * strides[0], grid_h * strides[0]]).float()
     out: dict[str, Tensor] = {}
     for i, r in enumerate(raw):
         r = r.detach().float()
-        m = scale_of == i
-        b, a, y, x, t = image[m], anchor[m], gy[m], gx[m], target[m]
+        b, a, y, x, t = assignment.at_scale(i)  # image, anchor, gy, gx, target
         obj = r[..., 4].sigmoid()
         positive = torch.zeros_like(obj, dtype=torch.bool)
         positive[b, a, y, x] = True
@@ -100,9 +100,9 @@ def histogram_values(raw: list[Tensor], targets: Tensor, assignment: tuple[Tenso
         size = coder.wh(p[:, 2:4], anchors[i].to(p)[a])
         pred = box_cxcywh_to_xyxy(torch.cat((centre, size), -1))
         truth = box_cxcywh_to_xyxy(targets[t, 2:6].float() * input_wh.repeat(2))
-        out[f"obj_pos/s{i}"] = obj[b, a, y, x]
-        out[f"obj_neg/s{i}"] = obj[~positive]
-        out[f"iou/s{i}"] = iou_elementwise(pred, truth, "iou")
+        out[scale_keys.key("obj_pos", i)] = obj[b, a, y, x]
+        out[scale_keys.key("obj_neg", i)] = obj[~positive]
+        out[scale_keys.key("iou", i)] = iou_elementwise(pred, truth, "iou")
     return out
 
 
@@ -175,7 +175,7 @@ class ValidationHistograms(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         n_scales = len(pl_module.loss.strides)
-        keys = [f"{kind}/s{i}" for i in range(n_scales) for kind in HIST_KINDS]
+        keys = [scale_keys.key(kind, i) for i in range(n_scales) for kind in HIST_KINDS]
         self._hist = FixedBinHistograms(keys, self.bins).to(trainer.strategy.root_device)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
@@ -200,9 +200,8 @@ class ValidationHistograms(L.Callback):
                 for key, row in rows.items():
                     if row["num"] == 0:  # nothing to draw (e.g. a scale without truths)
                         continue
-                    kind, scale = key.split("/")
                     logger.experiment.add_histogram_raw(
-                        f"val/hist/{kind}/{scale}", row["min"], row["max"], row["num"], row["sum"],
+                        f"val/hist/{key}", row["min"], row["max"], row["num"], row["sum"],
                         row["sum_squares"], bucket_limits=edges[1:], bucket_counts=row["counts"],
                         global_step=trainer.global_step)
         line = {"epoch": trainer.current_epoch, "step": trainer.global_step, "edges": edges, "histograms": rows}
@@ -228,9 +227,9 @@ def gradient_shares(raw: list[Tensor], term_values: dict[str, Tensor]) -> dict[s
         norms[key] = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
     totals: dict[str, float] = {}
     for key, norm in norms.items():
-        scale = key.split("/")[1]
+        scale = scale_keys.parse(key)[1]
         totals[scale] = totals.get(scale, 0.0) + norm
-    return {key: norm / totals[key.split("/")[1]] if totals[key.split("/")[1]] > 0 else 0.0
+    return {key: norm / total if (total := totals[scale_keys.parse(key)[1]]) > 0 else 0.0
             for key, norm in norms.items()}
 
 
@@ -286,5 +285,5 @@ class GradientShare(L.Callback):
         # The loss sees the step index of the batch just trained (anchor-prior warm-up decided the same way).
         shares = measure_gradient_shares(pl_module.model, pl_module.loss, images, targets, step=max(step - 1, 0))
         for key, share in shares.items():
-            pl_module.log(f"train/grad_share/{key}", share, on_step=False, on_epoch=True, sync_dist=True,
+            pl_module.log(f"train/{scale_keys.GRAD_SHARE}/{key}", share, on_step=False, on_epoch=True, sync_dist=True,
                           batch_size=1)

@@ -18,19 +18,17 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from yololab import keys as scale_keys
 from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl
 from yololab.errors import FileProblem
 
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
-TERM_KEY = re.compile(r"^loss/(?P<term>[a-z]+)/s(?P<scale>\d+)$")
-SCALE_KEY = re.compile(r"/s(?P<scale>\d+)$")
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
 
@@ -189,13 +187,12 @@ class Context:
 
     @property
     def scales(self) -> list[int]:
-        found = {int(m["scale"]) for row in self.train + self.val for k in row if (m := SCALE_KEY.search(k))}
+        found = {s for row in self.train + self.val for k in row if (s := scale_keys.scale_of(k)) is not None}
         return sorted(found)
 
     @property
     def terms(self) -> list[tuple[str, int]]:
-        found = {(m["term"], int(m["scale"])) for row in self.train + self.val for k in row
-                 if (m := TERM_KEY.match(k))}
+        found = {m for row in self.train + self.val for k in row if (m := scale_keys.match(k, scale_keys.LOSS))}
         return sorted(found, key=lambda ts: (ts[1], ts[0]))
 
     def stat_rows(self) -> list[dict]:
@@ -225,7 +222,7 @@ def _tail_start(epochs: list[tuple[int, bool]]) -> int | None:
 
 def _localisation(ctx: Context, rows: list[dict], s: int) -> tuple[dict, dict]:
     """(epoch -> IoU of responsible predictions, epoch -> iou_prior) at scale ``s`` over ``rows``."""
-    return dict(series(rows, f"stat/iou/s{s}")), dict(series(rows, f"stat/iou_prior/s{s}"))
+    return dict(series(rows, scale_keys.stat_key("iou", s))), dict(series(rows, scale_keys.stat_key("iou_prior", s)))
 
 
 def _diverged(iou: float, prior: float | None, cfg: DoctorConfig) -> bool:
@@ -250,8 +247,8 @@ def rule_targets_not_found(ctx: Context) -> list[Finding]:
     """
     c, out = ctx.cfg, []
     for s in ctx.scales:
-        pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
-        neg = dict(series(ctx.stat_rows(), f"stat/obj_neg/s{s}"))
+        pos = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_pos", s)))
+        neg = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_neg", s)))
         iou, prior = _localisation(ctx, ctx.stat_rows(), s)
         epochs = sorted(e for e in pos if e in neg and e in iou and e >= c.settle_epochs)
         state, flags = False, []
@@ -298,7 +295,7 @@ def recall_at(histograms: list[dict], scale: int, conf: float) -> dict[int, floa
     class probabilities and NMS. Epochs without responsible predictions at that scale are left out."""
     out = {}
     for row in histograms:
-        pos = row["histograms"].get(f"obj_pos/s{scale}")
+        pos = row["histograms"].get(scale_keys.key("obj_pos", scale))
         if pos and pos["num"]:
             out[row["epoch"]] = _share_at_or_above(pos, row["edges"], conf) / pos["num"]
     return out
@@ -310,8 +307,8 @@ def rule_low_separated_objectness(ctx: Context) -> list[Finding]:
     message gives the measured share of responsible predictions reaching detect's default confidence and 0.5."""
     c, out = ctx.cfg, []
     for s in ctx.scales:
-        pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
-        neg = dict(series(ctx.stat_rows(), f"stat/obj_neg/s{s}"))
+        pos = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_pos", s)))
+        neg = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_neg", s)))
         iou, prior = _localisation(ctx, ctx.stat_rows(), s)
         epochs = sorted(e for e in pos if e in neg and e >= c.settle_epochs)
         flags = [(e, pos[e] < c.low_obj_pos and _ratio(pos[e], neg[e]) >= c.separated_ratio and e in iou
@@ -350,7 +347,7 @@ def false_positives_per_truth(histograms: list[dict], scale: int, conf: float) -
     neighbour of a true object counts too). Epochs without samples at that scale are left out."""
     out = {}
     for row in histograms:
-        neg, pos = (row["histograms"].get(f"{kind}/s{scale}") for kind in ("obj_neg", "obj_pos"))
+        neg, pos = (row["histograms"].get(scale_keys.key(kind, scale)) for kind in ("obj_neg", "obj_pos"))
         if not neg or not pos or not pos["num"]:
             continue
         out[row["epoch"]] = _share_at_or_above(neg, row["edges"], conf) / pos["num"]
@@ -379,7 +376,7 @@ def rule_false_positive_objectness(ctx: Context) -> list[Finding]:
     ``fp_conf`` for each true object. The suggested weights reach ``working_obj_ratio``."""
     c, out = ctx.cfg, []
     for s in ctx.scales:
-        neg = {e: v for e, v in series(ctx.stat_rows(), f"stat/obj_neg/s{s}") if e >= c.settle_epochs}
+        neg = {e: v for e, v in series(ctx.stat_rows(), scale_keys.stat_key("obj_neg", s)) if e >= c.settle_epochs}
         fp = {e: v for e, v in false_positives_per_truth(ctx.histograms, s, c.fp_conf).items()
               if e >= c.settle_epochs}
         epochs = sorted(set(neg) | set(fp))
@@ -387,7 +384,7 @@ def rule_false_positive_objectness(ctx: Context) -> list[Finding]:
                              for e in epochs])
         if start is None:
             continue
-        pos = dict(series(ctx.stat_rows(), f"stat/obj_pos/s{s}"))
+        pos = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_pos", s)))
         last = epochs[-1]
         at_detect = false_positives_per_truth(ctx.histograms, s, c.detect_conf).get(last)
         numbers = {k: v for k, v in (("obj_neg", neg.get(last)), ("obj_pos", pos.get(last)),
@@ -414,7 +411,7 @@ def rule_lagging_scale_iou(ctx: Context) -> list[Finding]:
     c = ctx.cfg
     trend = {}
     for s in ctx.scales:
-        iou = series(ctx.stat_rows(), f"stat/iou/s{s}")
+        iou = series(ctx.stat_rows(), scale_keys.stat_key("iou", s))
         if len(iou) >= c.min_epochs:
             trend[s] = (iou[0][1], iou[-1][1], iou[0][0])
     improving = [s for s, (first, last, _) in trend.items() if last - first >= c.iou_gain_min
@@ -463,7 +460,7 @@ def rule_overfitting(ctx: Context) -> list[Finding]:
     map50 = dict(series(ctx.val, BEST_METRIC))
     best_map_epoch = max(map50, key=lambda e: (map50[e], e)) if map50 else None
     for term, s in ctx.terms:
-        key = f"loss/{term}/s{s}"
+        key = scale_keys.loss_key(term, s)
         train, val = dict(series(ctx.train, key)), dict(series(ctx.val, key))
         before = _last_rise(val, train, c.overfit_epochs, c.rise_rel_tol)
         if before is None:
@@ -501,8 +498,8 @@ def rule_term_sanity(ctx: Context) -> list[Finding]:
 def _zero_terms(ctx: Context) -> list[Finding]:
     out = []
     for term, s in ctx.terms:
-        values = [v for _, v in series(ctx.train, f"loss/{term}/s{s}")]
-        had_pos = any(v > 0 for _, v in series(ctx.train, f"stat/n_pos/s{s}"))
+        values = [v for _, v in series(ctx.train, scale_keys.loss_key(term, s))]
+        had_pos = any(v > 0 for _, v in series(ctx.train, scale_keys.stat_key("n_pos", s)))
         if not values or not had_pos or any(abs(v) > ctx.cfg.zero_tol for v in values):
             continue
         cls_zero = term == "cls" and ctx.loss.get("cls_loss") in ("softmax_ce", "mse_softmax")
@@ -521,17 +518,17 @@ def _zero_terms(ctx: Context) -> list[Finding]:
 def _bad_terms(ctx: Context) -> list[Finding]:
     out = []
     for split, rows in (("train", ctx.train), ("val", ctx.val)):
-        keys = sorted({k for row in rows for k in row if TERM_KEY.match(k) or k == "loss/total"})
+        keys = sorted({k for row in rows for k in row if scale_keys.is_key(k, scale_keys.LOSS) or k == "loss/total"})
         for key in keys:
             bad = [(row["epoch"], row.get(key)) for row in rows
                    if key in row and (row[key] is None or not math.isfinite(row[key]) or row[key] < -ctx.cfg.zero_tol)]
             if not bad:
                 continue
-            m = TERM_KEY.match(key)
+            m = scale_keys.match(key, scale_keys.LOSS)  # (term, scale)
             epoch, value = bad[0]
             kind = "non-finite" if value is None or not math.isfinite(value) else "negative"
             out.append(Finding(
-                "bad_term", "error", scale=int(m["scale"]) if m else None, term=m["term"] if m else "total",
+                "bad_term", "error", scale=m[1] if m else None, term=m[0] if m else "total",
                 first_epoch=epoch, numbers={"split": split, "value": value, "epochs": len(bad)},
                 message=f"{split} {key} is {kind} ({value}) from epoch {epoch}, in {len(bad)} epoch(s).",
                 suggestion="A non-finite loss usually means divergence (lower the learning rate) or a bad box "
@@ -546,7 +543,7 @@ def _sum_mismatch(ctx: Context) -> list[Finding]:
     out = []
     for split, rows in (("train", ctx.train), ("val", ctx.val)):
         for row in rows:
-            terms = [v for k, v in row.items() if TERM_KEY.match(k)]
+            terms = [v for k, v in row.items() if scale_keys.is_key(k, scale_keys.LOSS)]
             total = row.get("loss/total")
             if total is None or not terms or any(v is None for v in terms):
                 continue
@@ -625,7 +622,8 @@ def _scales_without_truths(ctx: Context, anchors_change: dict) -> list[Finding]:
     (``stat/n_pos``: whatever the preset's assignment, one truth may go to several anchors and scales); the
     anchor fit's best-anchor share only for a run without those rows."""
     c = ctx.cfg
-    mean_pos = {s: sum(v) / len(v) for s in ctx.scales if (v := [x for _, x in series(ctx.train, f"stat/n_pos/s{s}")])}
+    mean_pos = {s: sum(v) / len(v) for s in ctx.scales
+                if (v := [x for _, x in series(ctx.train, scale_keys.stat_key("n_pos", s))])}
     total = sum(mean_pos.values())
     if mean_pos and total > 0:
         shares = {s: m / total for s, m in mean_pos.items()}
@@ -694,7 +692,7 @@ def rule_collapse_after_warmup(ctx: Context) -> list[Finding]:
     watched = {"mAP50": dict(series(ctx.val, "mAP50"))}
     obj: dict[int, list[float]] = {}
     for s in ctx.scales:
-        for e, v in series(ctx.stat_rows(), f"stat/obj_pos/s{s}"):
+        for e, v in series(ctx.stat_rows(), scale_keys.stat_key("obj_pos", s)):
             obj.setdefault(e, []).append(v)
     watched["obj_pos"] = {e: sum(v) / len(v) for e, v in obj.items()}
     lr = dict(series(ctx.train, "lr"))
@@ -739,7 +737,8 @@ def rule_diverged_optimiser(ctx: Context) -> list[Finding]:
     if not ctx.train or ctx.train[-1]["epoch"] < c.settle_epochs:
         return []
     last = ctx.train[-1]
-    pairs = [(last.get(f"stat/iou/s{s}"), last.get(f"stat/iou_prior/s{s}")) for s in ctx.scales]
+    pairs = [(last.get(scale_keys.stat_key("iou", s)), last.get(scale_keys.stat_key("iou_prior", s)))
+             for s in ctx.scales]
     pairs = [(i, p) for i, p in pairs if i is not None and p]
     if not pairs:
         return []

@@ -15,7 +15,6 @@ import base64
 import io
 import itertools
 import math
-import re
 from dataclasses import dataclass
 
 from matplotlib.axes import Axes
@@ -24,8 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from yololab import keys as scale_keys
+
 # Row order of the loss grid: the terms of DESIGN.md's LossBreakdown, in that order.
-TERMS = ("xy", "wh", "box", "obj", "noobj", "cls")
+TERMS = scale_keys.TERMS
 SPLIT_STYLE = {"train": "-", "val": "--"}
 # One colour per series of a single run (matplotlib's tab10 / tab20 hex values: distinguishable, colour-blind
 # tolerant pairs). A split's colour in the loss grid and the mAP / histogram plots.
@@ -68,8 +69,6 @@ LEGEND_COLUMNS = 6
 MARGINS = (0.7, 0.2, 0.35, 0.5)
 PANEL_SPACE = (0.25, 0.5)  # gaps between panels, as fractions of a panel's width / height (tick labels, title)
 KEY_COLOUR = "#4d4d4d"  # grey of the style entries of a legend (line style / marker, not a series colour)
-_SCALE_KEY = re.compile(r"^(?:loss|unweighted|stat)/([^/]+)/s(\d+)$")
-_GRAD_SHARE_KEY = re.compile(r"^grad_share/([^/]+)/s(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -97,11 +96,12 @@ def scales_and_terms(rows: list[dict]) -> tuple[list[int], list[str]]:
     scales, terms = set(), set()
     for row in rows:
         for key in row:
-            match = _SCALE_KEY.match(key)
-            if match:
-                scales.add(int(match.group(2)))
-                if key.startswith("loss/"):
-                    terms.add(match.group(1))
+            parts = scale_keys.split(key)
+            if parts and parts[0] in scale_keys.LOSS_GROUPS:
+                group, name, scale = parts
+                scales.add(scale)
+                if group == scale_keys.LOSS:
+                    terms.add(name)
     return sorted(scales), _term_order(terms)
 
 
@@ -190,7 +190,7 @@ def loss_grid(runs, normalise: bool = False) -> Figure | None:
     fig, axes = _grid(len(terms), len(scales))
     for r, term in enumerate(terms):
         for c, scale in enumerate(scales):
-            key = f"loss/{term}/s{scale}"
+            key = scale_keys.loss_key(term, scale)
             for i, (_, rows) in enumerate(runs):
                 shown = relative(rows, key) if normalise else rows
                 for split, style in SPLIT_STYLE.items():
@@ -218,7 +218,7 @@ def stats_grid(runs) -> Figure | None:
             for i, (_, rows) in enumerate(runs):
                 for k, name in enumerate(stats):
                     for j, split in enumerate(SPLIT_STYLE if single else ("val",)):
-                        x, y = series(rows, split, f"stat/{name}/s{scale}")
+                        x, y = series(rows, split, scale_keys.stat_key(name, scale))
                         if single:
                             _line(ax, x, y, STAT_COLOURS[name][j], SPLIT_STYLE[split])
                         else:
@@ -251,10 +251,10 @@ def grad_share_grid(runs, strides: list[int] | None = None) -> Figure | None:
     for _, rows in runs:
         for row in rows:
             for key in row:
-                match = _GRAD_SHARE_KEY.match(key)
+                match = scale_keys.match(key, scale_keys.GRAD_SHARE)
                 if match:
-                    terms.add(match.group(1))
-                    scales.add(int(match.group(2)))
+                    terms.add(match[0])
+                    scales.add(match[1])
     if not scales:
         return None
     terms = _term_order(terms)
@@ -268,7 +268,7 @@ def grad_share_grid(runs, strides: list[int] | None = None) -> Figure | None:
             for term in terms:
                 linestyle, marker = ("-", "o") if single else styles[term]
                 colour = colours[term] if single else run_colour(i)
-                _line(ax, *series(rows, "train", f"grad_share/{term}/s{scale}"), colour, linestyle, marker)
+                _line(ax, *series(rows, "train", scale_keys.grad_share_key(term, scale)), colour, linestyle, marker)
         ax.set_ylim(*SHARE_LIMITS)
         known = strides is not None and scale < len(strides)
         _panel(ax, f"s{scale} (stride {strides[scale]})" if known else f"s{scale}")
@@ -378,8 +378,9 @@ def histogram_grid(runs) -> Figure | None:
     if not runs:
         return None
     keys = [key for _, rows in runs for key in rows[-1]["histograms"]]
-    scales = sorted({int(k.rsplit("/s", 1)[1]) for k in keys})
-    kinds = list(dict.fromkeys(k.rsplit("/s", 1)[0] for k in keys))
+    parsed = [scale_keys.parse(k) for k in keys]
+    scales = sorted({scale for _, scale in parsed})
+    kinds = list(dict.fromkeys(kind for kind, _ in parsed))
     single = len(runs) == 1 and len(runs[0][1]) > 1
     fig, axes = _grid(len(kinds), len(scales))
     for r, kind in enumerate(kinds):
@@ -389,7 +390,7 @@ def histogram_grid(runs) -> Figure | None:
                 shown = ([(rows[0], ":", SPLIT_COLOURS["val"]), (rows[-1], "-", SPLIT_COLOURS["train"])] if single
                          else [(rows[-1], "-", run_colour(i))])
                 for row, style, colour in shown:
-                    hist = row["histograms"].get(f"{kind}/s{scale}")
+                    hist = row["histograms"].get(scale_keys.key(kind, scale))
                     if hist and hist.get("num"):
                         shares = [n / hist["num"] for n in hist["counts"]]
                         ax.stairs(shares, row["edges"], linestyle=style, color=colour, linewidth=LINE_WIDTH)

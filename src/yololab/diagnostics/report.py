@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from yololab import keys as scale_keys
+from yololab.config import LOSS_OVERRIDES
 from yololab.diagnostics import plots
 from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl, read_lr_steps
 from yololab.diagnostics.threshold_plots import thresholds_section
@@ -417,7 +419,8 @@ def differing_settings(runs: list[Run]) -> list[dict]:
 
     Left out: names (name, project, preset: the preset has its own column) and loss settings that only follow from
     the run's preset (its value is the preset's); a loss setting changed on top of the preset stays."""
-    flats = [_flat(r.config) for r in runs]
+    # loss_overrides restate loss.* settings that differ from the preset: those are compared as loss.* keys.
+    flats = [_flat({k: v for k, v in r.config.items() if k != LOSS_OVERRIDES}) for r in runs]
     keys = [k for k in dict.fromkeys(k for flat in flats for k in flat) if k not in NAMING_KEYS
             and len({json.dumps(flat.get(k), sort_keys=True, default=str) for flat in flats}) > 1]
     out = []
@@ -443,7 +446,7 @@ def final_metrics(run: Run) -> dict:
             "val mAP50": last.get("mAP50"), "val mAP50_95": last.get("mAP50_95"),
             "val loss/total": last.get("loss/total"),
             "best mAP50 (epoch)": f"{_fmt(best['mAP50'])} ({best['epoch']})" if best else None,
-            **{f"val iou s{s}": last.get(f"stat/iou/s{s}") for s in scales}}
+            **{f"val iou s{s}": last.get(scale_keys.stat_key("iou", s)) for s in scales}}
 
 
 def _final(runs: list[Run]) -> str:

@@ -86,9 +86,9 @@ class YoloModule(L.LightningModule):
         opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
         self.log(f"{split}/loss/total", br.total.detach(), prog_bar=True, **opts)
         for key, value in br.terms.items():
-            self.log(f"{split}/loss/{key}", value.detach(), **opts)
+            self.log(f"{split}/{keys.LOSS}/{key}", value.detach(), **opts)
         for key, value in br.unweighted.items():
-            self.log(f"{split}/unweighted/{key}", value, **opts)
+            self.log(f"{split}/{keys.UNWEIGHTED}/{key}", value, **opts)
         n_scales = len(self.model.strides)
         n_pos = torch.bincount(br.assignment.scale, minlength=n_scales).tolist()
         for key, value in br.stats.items():
@@ -96,7 +96,7 @@ class YoloModule(L.LightningModule):
             weight = batch_size if name in COUNT_STATS + NEGATIVE_STATS else n_pos[scale]
             # Every process logs every key (DDP reduces them together); a stat without samples has weight 0.
             value = value if weight > 0 else torch.zeros_like(value)
-            self.log(f"{split}/stat/{key}", value, **{**opts, "batch_size": weight})
+            self.log(f"{split}/{keys.STAT}/{key}", value, **{**opts, "batch_size": weight})
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

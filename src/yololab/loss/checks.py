@@ -25,7 +25,6 @@ four images with 0 to 3 truths from 2 to 96 pixels.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 
 from yololab.boxes import box_cxcywh_to_xyxy, iou_elementwise
-from yololab.keys import parse
+from yololab.keys import match, parse
 from yololab.loss.config import LossConfig
 from yololab.loss.criterion import LossBreakdown, YoloLoss, aggregate
 from yololab.loss.terms import class_targets
@@ -107,7 +106,6 @@ LARGE_RAW_STD = 4.0  # raw outputs of an untrained or diverging network: exp(4 s
 MAX_LISTED = 3  # problems listed in a failed check's detail
 BOX_TERMS = ("xy", "wh", "box")
 NOOBJ_TERM = "noobj"
-KEY_PATTERN = re.compile(r"^(?P<term>[a-z_]+)/s(?P<scale>\d+)$")
 
 LossFactory = Callable[[LossConfig, list[Tensor], list[int], int], Callable[..., LossBreakdown]]
 
@@ -349,7 +347,7 @@ def check_finite_terms(ctx: _Context) -> str:
     out = ctx(ctx.batch.random_raw(ctx.generator(1)))
     _require_finite(out, "random raw outputs")
     n_scales = len(ctx.batch.strides)
-    badly_named = [k for k in out.terms if not (m := KEY_PATTERN.match(k)) or int(m["scale"]) >= n_scales]
+    badly_named = [k for k in out.terms if not (m := match(k)) or m[1] >= n_scales]
     if badly_named:
         raise CheckFailed(f"term keys not '<term>/s<i>' with i < {n_scales}: {badly_named}")
     values = _values(out.terms)

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from yololab import keys as scale_keys
 from yololab.diagnostics import plots
 
 BAND_ALPHA = 0.2  # opacity of the band over seeds: the mean lines stay readable through it
@@ -56,7 +57,7 @@ def loss_band_grid(groups: Groups) -> Figure | None:
     fig, axes = plots._grid(len(scales), len(terms))
     for r, scale in enumerate(scales):
         for c, term in enumerate(terms):
-            _draw(axes[r][c], groups, f"loss/{term}/s{scale}")
+            _draw(axes[r][c], groups, scale_keys.loss_key(term, scale))
             axes[r][c].set_title(f"{term} / s{scale}", fontsize="small")
             axes[r][c].tick_params(labelsize="x-small")
     axes[-1][0].set_xlabel("epoch", fontsize="small")

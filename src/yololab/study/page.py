@@ -11,6 +11,7 @@ import html
 import math
 from pathlib import Path
 
+from yololab import keys as scale_keys
 from yololab.diagnostics.report import DIGITS, SEVERITY_COLOURS, _img, _page, _table
 from yololab.engine.metrics_log import read_metrics
 from yololab.study import curves
@@ -131,7 +132,7 @@ def _gaps(groups: curves.Groups) -> str:
             for term in terms:
                 gaps = []
                 for rows in seeds:
-                    last = {split: _last(rows, split, f"loss/{term}/s{scale}") for split in GAP_SPLITS}
+                    last = {split: _last(rows, split, scale_keys.loss_key(term, scale)) for split in GAP_SPLITS}
                     if None not in last.values():
                         gaps.append(last["val"] - last["train"])
                 line.append(sum(gaps) / len(gaps) if gaps else None)

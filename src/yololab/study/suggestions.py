@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from yololab import keys as scale_keys
 from yololab.config import ConfigError, build_config, load_config
 from yololab.study.spec import Study, check_key, load_study
 
@@ -43,8 +44,8 @@ def suggestion_levels(findings: list, config: dict) -> tuple[list[dict], list[st
             skipped.append(f"{label} ({problem})")
             continue
         seen.append(changes)
-        where = f"/s{finding.scale}" if finding.scale is not None else ""
-        levels.append({"name": f"{finding.rule}{where}", "set": changes})
+        name = finding.rule if finding.scale is None else scale_keys.key(finding.rule, finding.scale)
+        levels.append({"name": name, "set": changes})
     return levels, skipped
 
 
