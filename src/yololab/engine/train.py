@@ -38,7 +38,7 @@ from yololab.engine.module import YoloModule
 from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.engine.progress import PlainProgress
 from yololab.engine.quiet import quiet_lightning
-from yololab.model import load_darknet_weights, parse_cfg
+from yololab.model import load_darknet_weights, net_section, parse_cfg
 from yololab.model.build import read_cfg_text, resolve_cfg
 
 BEST_METRIC = "val/mAP50"
@@ -177,10 +177,10 @@ def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback]
 
 def _net_size(cfg_name: str) -> int:
     """Square input size from a cfg's [net] width and height (they must agree for yololab's square inputs)."""
-    net = parse_cfg(resolve_cfg(cfg_name))[0]
+    net = net_section(parse_cfg(resolve_cfg(cfg_name)))
     width, height = int(net.get("width", 0)), int(net.get("height", 0))
     if width != height or width <= 0:
-        raise ConfigError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
+        raise net.error(f"width {width} and height {height}: set data.imgsz explicitly", "width")
     return width
 
 
