@@ -363,4 +363,6 @@ def _fit(trainer: L.Trainer, module: YoloModule, data: YoloDataModule, ckpt: Pat
         if watch.stop is None:
             raise
         saved = metrics.saved_epochs or (resumed["epoch"] + 1 if resumed is not None else 0)
+        if saved == 0 and trainer.is_global_zero:
+            shutil.rmtree(module.cfg.run_dir, ignore_errors=True)  # a new run with nothing to resume: as if never run
         raise stopped_error(watch.stop, module.cfg.run_dir, saved) from err
