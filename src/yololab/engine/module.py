@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from yololab import keys
-from yololab.config import RunConfig
+from yololab.config import OptimConfig, RunConfig
 from yololab.engine.schedule import warmup_cosine
 from yololab.evaluate import coco_map, nms
 from yololab.evaluate.runner import truths_in_pixels
@@ -28,6 +28,7 @@ from yololab.model.coder import decode_outputs
 
 COUNT_STATS = ("n_pos", "n_ignored")  # per-batch counts, averaged over batches
 NEGATIVE_STATS = ("obj_neg", "obj_all")  # means over (non-responsible or all) predictions: weighted by images
+ADAM_BETA2 = 0.999  # AdamW's second-moment decay (optim.momentum is its beta1)
 
 
 class YoloModule(L.LightningModule):
@@ -104,11 +105,12 @@ class YoloModule(L.LightningModule):
         decay, no_decay = [], []
         for p in self.model.parameters():
             (decay if p.ndim > 1 else no_decay).append(p)  # biases and BN parameters are not decayed
-        groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": params, **settings}
+                  for params, settings in zip((decay, no_decay), optimizer_settings(oc), strict=True)]
         if oc.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=True)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.momentum, 0.999))
+            optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.momentum, ADAM_BETA2))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = round(oc.warmup_epochs * total / max(self.trainer.max_epochs or 1, 1))
         self._lr_warmup_steps = warmup
@@ -116,6 +118,26 @@ class YoloModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, total, warmup, oc.final_lr_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """The config's optimiser settings, also in a resumed run: Lightning has put back the checkpoint's
+        optimiser and schedule states, which hold the peak lr, momentum and weight decay the run started with,
+        and a resumed run's ``--set optim.*`` must be what config.yaml says it trained with. A new run is left
+        as configure_optimizers made it."""
+        optimizer = self.trainer.optimizers[0]
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler
+        settings = optimizer_settings(self.cfg.optim)
+        schedule.base_lrs = [s["lr"] for s in settings]
+        for group, setting, factor in zip(optimizer.param_groups, settings, schedule.lr_lambdas, strict=True):
+            group.update({k: v for k, v in setting.items() if k != "lr"}, initial_lr=setting["lr"])
+            group["lr"] = setting["lr"] * factor(schedule.last_epoch)  # where the schedule is now
+
+
+def optimizer_settings(oc: OptimConfig) -> list[dict[str, Any]]:
+    """The hyperparameters of the two parameter groups, from the config: conv weights (decayed), then biases
+    and batch-norm parameters (not decayed)."""
+    momentum = {"momentum": oc.momentum} if oc.optimizer == "sgd" else {"betas": (oc.momentum, ADAM_BETA2)}
+    return [{"lr": oc.lr, "weight_decay": decay, **momentum} for decay in (oc.weight_decay, 0.0)]
 
 
 def _gather(items: list[Tensor]) -> list[Tensor]:

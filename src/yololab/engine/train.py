@@ -55,13 +55,15 @@ class TrainResult:
 
 
 class SaveConfigOnceStarted(L.Callback):
-    """Writes config.yaml after the first training step that finished cleanly (first process only): a resumed
-    run's new ``--set`` values are kept only once they have been seen to work."""
+    """Writes a resumed run's config.yaml once its first epoch has finished and its checkpoint is written (first
+    process only; placed after MetricsJsonl, which writes that checkpoint): new ``--set`` values are kept only
+    once they have trained a whole epoch. A run they stop (a non-finite loss at any step of that epoch, a kill)
+    resumes with the config.yaml it had, from the checkpoint that config made."""
 
     def __init__(self, cfg: RunConfig, path: Path):
         self.cfg, self.path, self.saved = cfg, path, False
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not self.saved and trainer.is_global_zero:
             save_config(self.cfg, self.path)
         self.saved = True
@@ -258,6 +260,15 @@ def _check_splits(spec: DataSpec) -> None:
                                               "images/val', or make one with 'yololab data split')")
 
 
+def _check_same_optimizer(resumed: dict, cfg: RunConfig, path: Path) -> None:
+    """A resumed run goes on with the optimiser whose state its checkpoint holds (AdamW's moments are no SGD
+    momentum): ConfigError when ``--set optim.optimizer`` asks for the other one."""
+    saved = resumed.get("hyper_parameters", {}).get("config", {}).get("optim", {}).get("optimizer")
+    if saved is not None and saved != cfg.optim.optimizer:
+        raise ConfigError(f"{path} holds the state of a {saved} optimiser: a resumed run keeps it (drop "
+                          f"--set optim.optimizer={cfg.optim.optimizer}, or start a new run)")
+
+
 def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, clipped: list[DataError], fit: dict | None,
                     resumed: dict | None) -> None:
     """The run folder, written only once everything has been validated (first process only)."""
@@ -309,6 +320,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     resumed = load_checkpoint_file(last) if resume else None
     if resumed is not None:
         check_weights_fit(resumed, module, last)
+        _check_same_optimizer(resumed, cfg, last)
     # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
     module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
