@@ -20,6 +20,7 @@ from yololab.diagnostics.runfiles import LR_FILE, unique_rows
 
 SPLITS = ("train", "val")
 TRAIN_EXTRAS = ("lr", "lr_warmup", "warmup")  # logged without a split prefix, written on the train row
+EPOCH_EXTRAS = ("lr_warmup", "warmup")  # of those, the epoch means (lr is logged at every logging step)
 
 
 class MetricsJsonl(L.Callback):
@@ -68,6 +69,7 @@ class MetricsJsonl(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_rows = self._rows(trainer)
         self._validated = False
+        log_train_means(trainer)
         if self.checkpoint is not None:
             trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the whole training state
             self.saved_epochs = trainer.current_epoch + 1
@@ -91,6 +93,26 @@ class MetricsJsonl(L.Callback):
                 row.update({k: _finite(v) for k, v in metrics.items() if k in TRAIN_EXTRAS})
             rows.append({"epoch": trainer.current_epoch, "split": split, "step": trainer.global_step, **row})
         return rows
+
+
+def epoch_log_step(trainer: L.Trainer) -> int:
+    """The logger step of an epoch's means, as Lightning logs them: that of the epoch's last optimiser step.
+    Everything of an epoch is logged at steps below ``global_step`` at its end (the step a resume from its
+    checkpoint purges TensorBoard's events from)."""
+    return max(trainer.global_step - 1, 0)
+
+
+def log_train_means(trainer: L.Trainer) -> None:
+    """The epoch means of training (``train/*``, warm-up shares; the module logs them with ``logger=False``) to
+    every logger, before the epoch's checkpoint: a run killed after the checkpoint resumes with them logged."""
+    metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                                 if k.startswith(f"{SPLITS[0]}/") or k in EPOCH_EXTRAS}
+    if not metrics:
+        return
+    metrics["epoch"] = trainer.current_epoch  # what Lightning adds to each of its own logging calls
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=epoch_log_step(trainer))
+        logger.save()
 
 
 def restore_rows(path: str | Path, restored: list[dict], next_epoch: int) -> None:

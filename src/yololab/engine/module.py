@@ -28,6 +28,9 @@ from yololab.model.coder import decode_outputs
 
 COUNT_STATS = ("n_pos", "n_ignored")  # per-batch counts, averaged over batches
 NEGATIVE_STATS = ("obj_neg", "obj_all")  # means over (non-responsible or all) predictions: weighted by images
+# The epoch means of training reach the loggers through MetricsJsonl, before the epoch's checkpoint; Lightning
+# would log them after it, and a run killed in between would resume without them (engine/metrics_log.py).
+TRAIN_EPOCH_LOG = {"logger": False}
 ADAM_BETA2 = 0.999  # AdamW's second-moment decay (optim.momentum is its beta1)
 
 
@@ -55,9 +58,10 @@ class YoloModule(L.LightningModule):
         breakdown = self.loss(self.model(images), targets, step=self.global_step)
         self._log_breakdown("train", breakdown, len(images))
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images))
+        self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images),
+                 **TRAIN_EPOCH_LOG)
         self.log("lr_warmup", float(self.global_step < self._lr_warmup_steps), on_step=False, on_epoch=True,
-                 batch_size=len(images))
+                 batch_size=len(images), **TRAIN_EPOCH_LOG)
         return {"loss": breakdown.total, "breakdown": breakdown}
 
     def validation_step(self, batch: tuple, batch_idx: int) -> dict[str, Any]:
@@ -84,7 +88,8 @@ class YoloModule(L.LightningModule):
         self.log("val/mAP50_95", result["mAP50_95"], sync_dist=False, rank_zero_only=False)
 
     def _log_breakdown(self, split: str, br: LossBreakdown, batch_size: int) -> None:
-        opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size,
+                    **(TRAIN_EPOCH_LOG if split == "train" else {}))
         self.log(f"{split}/loss/total", br.total.detach(), prog_bar=True, **opts)
         for key, value in br.terms.items():
             self.log(f"{split}/loss/{key}", value.detach(), **opts)
