@@ -265,7 +265,7 @@ def _check_same_optimizer(resumed: dict, cfg: RunConfig, path: Path) -> None:
     momentum): ConfigError when ``--set optim.optimizer`` asks for the other one."""
     saved = resumed.get("hyper_parameters", {}).get("config", {}).get("optim", {}).get("optimizer")
     if saved is not None and saved != cfg.optim.optimizer:
-        raise ConfigError(f"{path} holds the state of a {saved} optimiser: a resumed run keeps it (drop "
+        raise ConfigError(f"{path} holds the optimiser state of optim.optimizer={saved}: a resumed run keeps it (drop "
                           f"--set optim.optimizer={cfg.optim.optimizer}, or start a new run)")
 
 
