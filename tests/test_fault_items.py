@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -422,14 +423,26 @@ def _tensorboard_points(run: Path) -> Counter:
                    + [(tag, e.step) for tag in tags["histograms"] for e in events.Histograms(tag)])
 
 
+def _made_this_second(event_file: Path) -> None:
+    """Rename a TensorBoard event file as if it had been made in the current second (the second is the 4th
+    part of its name): what a run killed and resumed within a second leaves."""
+    parts = event_file.name.split(".")
+    parts[3] = f"{int(time.time()):010d}"
+    event_file.rename(event_file.with_name(".".join(parts)))
+
+
 @pytest.mark.parametrize("where", ["after", "write"])
 def test_tensorboard_holds_each_step_once_after_a_resume(tiny_data, trained, tmp_path, where):
     """Killed between the checkpoint of epoch 2 and its metrics rows (the epoch's training means not yet logged,
-    "after"), or while that checkpoint was written (epoch 2 logged, and to be trained again, "write"), then
-    resumed: TensorBoard shows what the run that was never stopped shows, each (tag, step) as often."""
+    "after"), or while that checkpoint was written (epoch 2 logged, and to be trained again, "write"; its event
+    file as if made in the second of the resume), then resumed: TensorBoard shows what the run that was never
+    stopped shows, each (tag, step) as often."""
     cfg = tiny_config(tiny_data, tmp_path, "run", EPOCHS)
     kill = {"save_number": 2, "where": where, "byte": 4096}
     assert finish(start_training(cfg, kill)) == -signal.SIGKILL
+    if where == "write":
+        (event_file,) = (cfg.run_dir / "tb").glob("events.out.tfevents.*")
+        _made_this_second(event_file)
     train(tiny_config(tiny_data, tmp_path, "run", EPOCHS), resume=True, progress="none")
     resumed, reference = _tensorboard_points(cfg.run_dir), _tensorboard_points(trained)
     assert resumed == reference

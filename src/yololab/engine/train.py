@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from yololab.model.build import read_cfg_text, resolve_cfg
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
+TB_EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event file names
 MAX_LISTED_SKIPPED = 20  # skipped images named in the log (all of them go to skipped_images.txt)
 
 
@@ -120,6 +122,8 @@ def _loggers(cfg: RunConfig, purge_step: int | None = None) -> list[Logger]:
             raise ConfigError(f"train.loggers includes {name}, but {module} is not installed: pip install '{extra}'")
         if name == "tensorboard":
             purge = {"purge_step": purge_step} if purge_step is not None else {}
+            if purge_step is not None:
+                _wait_for_a_later_event_file_name(run_dir / "tb")
             out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False,
                                          **purge))
         elif name == "csv":
@@ -139,6 +143,17 @@ def _loggers(cfg: RunConfig, purge_step: int | None = None) -> list[Logger]:
 
             out.append(WandbLogger(project=tc.wandb_project or cfg.project, name=cfg.name, save_dir=str(run_dir)))
     return out
+
+
+def _wait_for_a_later_event_file_name(folder: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second its file was
+    made (``events.out.tfevents.SECONDS.host.pid.n``): the file of a resumed run, whose first event tells readers
+    to drop the events logged past the checkpoint, must sort after those of the run it continues. Waits (under a
+    second) when such a file was made in the current second."""
+    seconds = [int(parts[3]) for p in folder.glob(f"{TB_EVENTS_PREFIX}*")
+               if len(parts := p.name.split(".")) > 3 and parts[3].isdigit()]
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
 def _plugins(cfg: RunConfig) -> list:
