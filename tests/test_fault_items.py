@@ -436,7 +436,7 @@ def test_tensorboard_holds_each_step_once_after_a_resume(tiny_data, trained, tmp
     """Killed between the checkpoint of epoch 2 and its metrics rows (the epoch's training means not yet logged,
     "after"), or while that checkpoint was written (epoch 2 logged, and to be trained again, "write"; its event
     file as if made in the second of the resume), then resumed: TensorBoard shows what the run that was never
-    stopped shows, each (tag, step) as often."""
+    stopped shows, each (tag, step) as often; lr.jsonl is that run's."""
     cfg = tiny_config(tiny_data, tmp_path, "run", EPOCHS)
     kill = {"save_number": 2, "where": where, "byte": 4096}
     assert finish(start_training(cfg, kill)) == -signal.SIGKILL
@@ -452,3 +452,5 @@ def test_tensorboard_holds_each_step_once_after_a_resume(tiny_data, trained, tmp
     steps = sorted({step for tag, step in reference if tag == "train/loss/total"})
     assert steps == [(e + 1) * STEPS_PER_EPOCH - 1 for e in range(EPOCHS)]
     assert {n for (tag, _), n in reference.items() if tag == "epoch"} == {2}
+    # The per-step lr log too, whose row of the checkpoint's epoch a kill after the checkpoint left unwritten.
+    assert (cfg.run_dir / "lr.jsonl").read_text() == (trained / "lr.jsonl").read_text()

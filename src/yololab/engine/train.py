@@ -371,7 +371,8 @@ def _catch_up_finished(cfg: RunConfig, resumed: dict) -> None:
     from yololab.diagnostics.report import write_report
 
     state = resumed.get("callbacks", {}).get(MetricsJsonl.__qualname__, {})
-    restore_rows(cfg.run_dir / "metrics.jsonl", list(state.get("epoch_rows", [])), resumed["epoch"] + 1)
+    restore_rows(cfg.run_dir / "metrics.jsonl", list(state.get("epoch_rows", [])), resumed["epoch"] + 1,
+                 state.get("lr_row"))
     if cfg.diagnostics.doctor:
         diagnose_run(cfg.run_dir, cfg.doctor)
     if cfg.diagnostics.report:
