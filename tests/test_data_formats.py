@@ -17,7 +17,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from yololab.commands.convert import EXIT_ERROR, convert_command
+from yololab.commands.convert import convert_command
+from yololab.commands.messages import EXIT_ERROR
 from yololab.data.errors import DataError
 from yololab.data.formats import (
     Annotations,

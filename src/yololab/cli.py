@@ -19,6 +19,7 @@ from yololab.commands.convert import convert_command
 from yololab.commands.data_tools import check_command, make_sparse_command, split_command, stats_command
 from yololab.commands.doctor import doctor_command
 from yololab.commands.inference import detect_command, eval_command, evaluate_run, export_command
+from yololab.commands.messages import EXIT_ERROR, fail, print_error
 from yololab.commands.preview import preview_command
 from yololab.commands.report import compare_command, report_command
 from yololab.commands.study import study_app
@@ -46,18 +47,8 @@ DEMO_DEFAULTS = {
 }
 
 
-def _print_error(message: str) -> None:
-    """``error: message`` in red; the message is user text (paths, cfg lines like ``[net]``), never markup. A
-    file name that is not UTF-8 shows its odd bytes as ``\\xe9``."""
-    from rich.markup import escape
-
-    printable = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    console.print(f"[bold red]error:[/] {escape(printable)}", highlight=False, soft_wrap=True)
-
-
 def _fail(message: str) -> None:
-    _print_error(message)
-    raise typer.Exit(2)
+    fail(console, message)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -348,13 +339,13 @@ def main() -> None:
     except RunStopped as stop:
         if os.environ.get("YOLOLAB_DEBUG"):
             raise
-        _print_error(str(stop))
+        print_error(console, str(stop))
         sys.exit(stop.exit_code)
     except _user_errors() as err:
         if os.environ.get("YOLOLAB_DEBUG"):
             raise
-        _print_error(str(err))
-        sys.exit(2)
+        print_error(console, str(err))
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.messages import fail
 from yololab.loss.config import LossConfig
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ DEFAULT_ANCHOR_T = LossConfig.model_fields["anchor_t"].default
 # Proposed anchors are rounded to 0.1 px: readable in a cfg, and far below what moves an IoU.
 ANCHOR_DECIMALS = 1
 MIN_ANCHOR = 10.0 ** -ANCHOR_DECIMALS  # rounding must not give a zero-sized anchor
-EXIT_ERROR = 2  # the exit status of every yololab command on bad input
 
 
 def anchors_command(
@@ -101,8 +101,7 @@ def _written(anchors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(EXIT_ERROR)
+    fail(console, message)
 
 
 def _anchor_text(anchors: list[list[float]]) -> str:

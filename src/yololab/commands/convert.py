@@ -12,13 +12,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from yololab.commands.data_tools import parse_fractions
+from yololab.commands.messages import fail
 from yololab.data.errors import DataError
 from yololab.data.formats import SOURCE_FORMATS, TARGET_FORMATS, convert
 from yololab.data.formats.records import SKIP_CROWD, SKIP_DIFFICULT
 
 console = Console()
 
-EXIT_ERROR = 2  # the exit status of every yololab command on bad input
 MAX_LISTED_FILES = 10  # more written files than this (VOC: one XML per image) are summed up by folder
 
 
@@ -80,5 +80,4 @@ def convert_command(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(EXIT_ERROR)
+    fail(console, message)

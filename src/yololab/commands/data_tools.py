@@ -8,7 +8,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, get_args
 
 import numpy as np
 import typer
@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.messages import fail, printable
 from yololab.data.errors import DataError
 from yololab.data.sparse import (
     DEFAULT_SIZES,
@@ -34,6 +35,7 @@ from yololab.data.validation_cache import check_channels, find_duplicate_lines
 from yololab.data.yolo_format import (
     BOX_TOLERANCE,
     SPLIT_KEYS,
+    BoxPolicy,
     label_path,
     load_data_yaml,
     parse_label_file,
@@ -44,7 +46,6 @@ from yololab.data.yolo_format import (
 console = Console()
 
 EXIT_PROBLEMS = 1  # the data has errors (check)
-EXIT_ERROR = 2  # the command cannot run on its input (unreadable data.yaml, bad option): as every command
 MAX_ROWS = 50  # problems listed by `data check` unless told otherwise
 MAX_LISTED_SIZES = 5  # `data stats` lists up to this many image sizes; beyond, it summarises them
 COMMON_SIZES = 3  # the most frequent sizes named in that summary
@@ -53,8 +54,7 @@ ANY_CLASS = sys.maxsize
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(EXIT_ERROR)
+    fail(console, message)
 
 
 # ------------------------------------------------------------------------------------------ make sparse
@@ -129,17 +129,23 @@ def check_command(
     nc: Annotated[int | None, typer.Option(
         help="Number of classes, for a folder or list (a data.yaml names its own).")] = None,
     max_rows: Annotated[int, typer.Option(help="Problems listed; all are counted.")] = MAX_ROWS,
+    boxes_outside: Annotated[str, typer.Option(
+        help="A box partly outside its image: refuse it (an error), or clip it to the image and list it, as "
+             "training does with --set data.boxes_outside=clip.")] = "refuse",
 ) -> None:
     """Check a dataset: every image readable and decodable, every label line parseable, class ids in range,
     w and h > 0, no NaN, boxes inside the image (those overshooting by at most 0.001 of the image are clipped,
-    further out is an error); duplicate label lines are warnings. Images without labels count as background.
-    Prints the problems with file and line, each once (also when splits share images): tables in a terminal,
-    plain `file:line: severity: problem` lines in a pipe or log. The exit status is 1 when there are errors.
+    further out is an error, or clipped and listed with --boxes-outside clip); duplicate label lines are
+    warnings. Images without labels count as background. Prints the problems with file and line, each once
+    (also when splits share images): tables in a terminal, plain `file:line: severity: problem` lines in a pipe
+    or log. The exit status is 1 when there are errors.
 
-    Example: yololab data check data/sparse/data.yaml --channels 1
+    Example: yololab data check data/sparse/data.yaml --channels 1 --boxes-outside clip
     """
     if channels not in (None, 1, 3):
         _fail(f"--channels must be 1 or 3, got {channels}")
+    if boxes_outside not in get_args(BoxPolicy):
+        _fail(f"--boxes-outside must be {' or '.join(get_args(BoxPolicy))}, got {boxes_outside}")
     try:
         sources, num_classes = _splits_to_check(path, nc)
     except DataError as err:
@@ -148,8 +154,10 @@ def check_command(
     # Keyed by the problem's text: a file in two splits (train and val the same folder) is one problem.
     errors: dict[str, DataError] = {}
     warnings: dict[str, DataError] = {}
+    clipped: dict[str, DataError] = {}
     for source, images in sources.items():
-        report = validate_split(images, num_classes, full_decode=full_decode, source=source)
+        report = validate_split(images, num_classes, full_decode=full_decode, source=source,
+                                boxes_outside=boxes_outside)
         split_errors = list(report.problems)
         if channels is not None:
             mismatches = (check_channels(image, channels) for image in images)
@@ -159,10 +167,14 @@ def check_command(
                      str(report.n_missing_labels), str(len(split_errors)), str(len(split_warnings))))
         errors.update((str(e), e) for e in split_errors)
         warnings.update((str(w), w) for w in split_warnings)
-    problems = [("error", e) for e in errors.values()] + [("warning", w) for w in warnings.values()]
+        clipped.update((str(c), c) for c in report.clipped)
+    problems = ([("error", e) for e in errors.values()] + [("warning", w) for w in warnings.values()]
+                + [("clipped", c) for c in clipped.values()])
     class_rule = f"0..{num_classes - 1}" if num_classes != ANY_CLASS else "any integer >= 0 (give --nc)"
-    closing = (f"classes: {class_rule}; box policy: clip within {BOX_TOLERANCE} of the image, reject beyond; "
-               f"{len(errors)} errors, {len(warnings)} warnings")
+    beyond = "clip and list beyond (--boxes-outside clip)" if boxes_outside == "clip" else "reject beyond"
+    closing = (f"classes: {class_rule}; box policy: clip within {BOX_TOLERANCE} of the image, {beyond}; "
+               f"{len(errors)} errors, {len(warnings)} warnings"
+               + (f", {len(clipped)} boxes clipped" if boxes_outside == "clip" else ""))
     notes = [f"{a} and {b} share {n} images: each problem is listed once, and those images do not measure "
              f"generalisation" for a, b, n in _shared_images(sources)]
     if console.is_terminal:
@@ -173,6 +185,7 @@ def check_command(
         raise typer.Exit(EXIT_PROBLEMS)
 
 
+SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "clipped": "cyan"}
 CHECK_COLUMNS = ("split", "images", "boxes", "background", "without label file", "errors", "warnings")
 
 
@@ -200,7 +213,7 @@ def _print_check_lines(path: Path, rows: list[tuple[str, ...]], problems: list[t
         lines.append(f"... and {len(problems) - max_rows} more (--max-rows)")
     lines.append(closing)
     for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_check_tables(path: Path, rows: list[tuple[str, ...]], problems: list[tuple[str, DataError]],
@@ -221,8 +234,8 @@ def _print_check_tables(path: Path, rows: list[tuple[str, ...]], problems: list[
         table.add_column("file:line", overflow="fold")
         table.add_column("problem", overflow="fold")
         for severity, problem in problems[:max_rows]:
-            colour = "red" if severity == "error" else "yellow"
-            table.add_row(f"[{colour}]{severity}[/]", escape(_where(problem)), escape(problem.problem))
+            colour = SEVERITY_COLOURS[severity]
+            table.add_row(f"[{colour}]{severity}[/]", escape(printable(_where(problem))), escape(problem.problem))
         if len(problems) > max_rows:
             table.caption = f"... and {len(problems) - max_rows} more (--max-rows)"
         console.print(table)

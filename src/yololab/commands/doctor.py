@@ -11,12 +11,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.messages import EXIT_ERROR, print_error
 from yololab.config import ConfigError, parse_overrides
 from yololab.diagnostics.doctor import FINDINGS_FILE, DoctorInputError, Finding, diagnose_run
 
 console = Console()
 
-EXIT_ERROR = 2  # the exit status of every yololab command on bad input
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
@@ -43,7 +43,7 @@ def doctor_command(
     try:
         findings = diagnose_run(run, overrides=parse_overrides(overrides or []))
     except (DoctorInputError, ConfigError, OSError) as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        print_error(console, str(err))
         raise typer.Exit(EXIT_ERROR) from None
     if json_out:
         print(json.dumps(json.loads((run / FINDINGS_FILE).read_text()), indent=2))

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.messages import fail
+
 console = Console()
-EXIT_ERROR = 2
 CHECK_IMAGES = 4  # images of the run's validation split that an export is checked on
 PLOT_FILES = {"pr": "pr_curve.png", "f1": "f1_curve.png", "confusion": "confusion_matrix.png"}
 WeightsOption = Annotated[str, typer.Option("--weights", help="Checkpoint of a run folder: best (best val mAP50), "
@@ -25,8 +26,7 @@ DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N o
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(EXIT_ERROR)
+    fail(console, message)
 
 
 def metrics_file(split: str) -> str:

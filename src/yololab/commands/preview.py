@@ -13,9 +13,9 @@ import numpy as np
 import typer
 from PIL import Image, ImageDraw
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.messages import EXIT_ERROR, print_error
 from yololab.data.augment_config import AugmentConfig
 from yololab.data.errors import DataError
 
@@ -152,8 +152,8 @@ def preview_command(
         transform = build_transform(cfg, channels, seed=seed, sampler=dataset.random_raw_item)
         result = preview_grid(dataset, transform, out, n=n, cols=cols, tile=tile, names=spec.names)
     except ValueError as err:  # DataError, ConfigError and pydantic's ValidationError are ValueErrors
-        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-        raise typer.Exit(2) from None
+        print_error(console, str(err))
+        raise typer.Exit(EXIT_ERROR) from None
     table = Table(title=f"augmentation preview of {data} ({split})", show_header=False)
     for key, value in (
         ("output", str(result.path)),

@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from yololab.commands.messages import fail
+
 console = Console()
 
-EXIT_ERROR = 2  # the exit status of every yololab command on bad input
 
 
 def report_command(
@@ -77,5 +78,4 @@ def _cell(value) -> str:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(EXIT_ERROR)
+    fail(console, message)

@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from yololab.commands.messages import fail
+
 console = Console()
 
-EXIT_ERROR = 2  # the exit status of every yololab command on bad input
 EXIT_FAILED_RUNS = 1  # some runs raised: the others are kept, the study can be run again
 
 study_app = typer.Typer(help="Compare configurations over seeds, with confidence intervals (Ray Tune).",
@@ -106,5 +107,4 @@ def print_verdicts(study, study_dir: Path) -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
+    fail(console, message)

@@ -30,6 +30,7 @@ from yololab.diagnostics.doctor import DoctorConfig
 from yololab.diagnostics.doctor_callback import DoctorCallback
 from yololab.diagnostics.report import write_report
 from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
+from yololab.engine.metrics_log import epoch_log_step
 from yololab.loss.assign import Assignment
 from yololab.model.coder import BoxCoder
 
@@ -203,7 +204,7 @@ class ValidationHistograms(L.Callback):
                     logger.experiment.add_histogram_raw(
                         f"val/hist/{key}", row["min"], row["max"], row["num"], row["sum"],
                         row["sum_squares"], bucket_limits=edges[1:], bucket_counts=row["counts"],
-                        global_step=trainer.global_step)
+                        global_step=epoch_log_step(trainer))
         line = {"epoch": trainer.current_epoch, "step": trainer.global_step, "edges": edges, "histograms": rows}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
@@ -286,4 +287,4 @@ class GradientShare(L.Callback):
         shares = measure_gradient_shares(pl_module.model, pl_module.loss, images, targets, step=max(step - 1, 0))
         for key, share in shares.items():
             pl_module.log(f"train/{scale_keys.GRAD_SHARE}/{key}", share, on_step=False, on_epoch=True, sync_dist=True,
-                          batch_size=1)
+                          batch_size=1, logger=False)  # to the loggers through MetricsJsonl (engine/module.py)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,22 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         with torch.serialization.safe_globals(_safe_globals()):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(path, None, "refused: it holds Python objects beyond tensors and plain data, "
-                                          f"which could run code when loaded ({first})") from None
+        raise CheckpointError(path, None, _refusal(str(err))) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(path, None, f"not a readable checkpoint: {first}") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(path, None, f"not a checkpoint: holds a {type(checkpoint).__name__}, not a dict")
     return checkpoint
+
+
+def _refusal(error: str) -> str:
+    """What torch's weights-only unpickler refused, in one line: the Python object the file asks for (torch's
+    message names it as ``GLOBAL module.name``; the rest of it is advice to load the file unsafely)."""
+    wanted = re.search(r"GLOBAL (\S+?)\.?(?:\s|$)", error)
+    what = f"the Python object {wanted.group(1)}" if wanted else "Python objects beyond tensors and plain data"
+    return (f"refused: it needs {what}, which could run code when loaded; yololab loads checkpoints with "
+            "tensors and plain data only")
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -110,17 +118,24 @@ def load_module(path: str | Path):
     checkpoint = load_checkpoint_file(path)
     try:
         module = YoloModule(**checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"])
     except KeyError as err:
         raise CheckpointError(path, None, f"not a yololab checkpoint: no {err} entry") from None
-    except (TypeError, RuntimeError) as err:
-        raise CheckpointError(path, None, f"weights do not fit its model: {str(err).splitlines()[0]}") from None
+    except TypeError as err:
+        raise CheckpointError(path, None, f"not a yololab checkpoint: {str(err).splitlines()[0]}") from None
+    check_weights_fit(checkpoint, module, path, OWN_CFG)
+    module.load_state_dict(checkpoint["state_dict"])
     return module
 
 
-def check_weights_fit(checkpoint: dict[str, Any], module: torch.nn.Module, path: str | Path) -> None:
+RUN_CFG = "was trained with another cfg or class count than this run's"  # a resume's checkpoint
+OWN_CFG = "its weights do not fit the model its cfg describes"  # a checkpoint whose cfg text was changed
+
+
+def check_weights_fit(checkpoint: dict[str, Any], module: torch.nn.Module, path: str | Path,
+                      mismatch: str = RUN_CFG) -> None:
     """CheckpointError naming ``path`` when the checkpoint's weights are not those of ``module`` (a checkpoint
-    of another cfg or class count): the keys and shapes of both state dicts must agree."""
+    of another cfg or class count): the keys and shapes of both state dicts must agree. ``mismatch`` starts
+    the message, which goes on with what differs (counts and a first example of each kind)."""
     have = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if have == want:
@@ -131,5 +146,4 @@ def check_weights_fit(checkpoint: dict[str, Any], module: torch.nn.Module, path:
     parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
     parts += [f"{len(reshaped)} of another shape (e.g. {reshaped[0]}: {have[reshaped[0]]} in the file, "
               f"{want[reshaped[0]]} in the model)"] if reshaped else []
-    raise CheckpointError(path, None, "was trained with another cfg or class count than this run's: "
-                                      + ", ".join(parts))
+    raise CheckpointError(path, None, f"{mismatch}: " + ", ".join(parts))

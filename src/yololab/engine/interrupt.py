@@ -30,6 +30,7 @@ class Stop:
     epoch: int  # 0-based epoch that was running
     step: int  # optimiser steps done before it stopped (the step in progress is step + 1)
     exit_code: int
+    sanity_check: bool = False  # in Lightning's validation sanity check, before the first step of the fit
 
 
 class InterruptWatch(L.Callback):
@@ -72,7 +73,7 @@ class InterruptWatch(L.Callback):
             reason, code = str(exception), 1
         else:
             return
-        self.stop = Stop(reason, trainer.current_epoch, trainer.global_step, code)
+        self.stop = Stop(reason, trainer.current_epoch, trainer.global_step, code, trainer.sanity_checking)
 
     def on_uncaught(self, trainer: L.Trainer, exception: BaseException) -> None:
         """Ctrl-C that reached ``trainer.fit``'s caller without ``on_exception`` having seen it: pressed outside
@@ -92,15 +93,20 @@ def resume_command(run_dir: Path) -> str:
 
 def stopped_error(stop: Stop, run_dir: Path, saved_epochs: int) -> RunStopped:
     """One line: what stopped the run, which epochs ``last.ckpt`` holds (``saved_epochs`` finished ones) and the
-    command that resumes it (or that nothing can be resumed yet)."""
-    where = f"epoch {stop.epoch + 1}, step {stop.step + 1}"  # both 1-based, as the progress bar counts
+    command that resumes it (or that nothing was kept: train() removes the folder of a new run stopped before its
+    first checkpoint)."""
+    if stop.sanity_check:  # Lightning's epoch counter is not yet that of the epoch about to run
+        where = f"the validation sanity check before epoch {saved_epochs + 1}, step {stop.step + 1}"
+    else:
+        where = f"epoch {stop.epoch + 1}, step {stop.step + 1}"  # both 1-based, as the progress bar counts
     if stop.reason in ("SIGINT", "SIGTERM"):
         what = f"interrupted by {stop.reason} in {where}"
     else:
-        what = f"stopped at {where}: {stop.reason} (lower optim.lr or the loss weights)"
+        at = "in" if stop.sanity_check else "at"
+        what = f"stopped {at} {where}: {stop.reason} (lower optim.lr or the loss weights)"
     if saved_epochs == 0:
-        return RunStopped(f"{what}; no epoch had finished, so there is nothing to resume: start the run again "
-                          "with --exist-ok", stop.exit_code)
+        return RunStopped(f"{what}; no epoch had finished, so nothing was kept: run the command again",
+                          stop.exit_code)
     last = run_dir / "checkpoints" / "last.ckpt"
     epochs = "epoch 1" if saved_epochs == 1 else f"epochs 1-{saved_epochs}"
     return RunStopped(f"{what}; {last} holds {epochs}; continue with: {resume_command(run_dir)}", stop.exit_code)

@@ -20,6 +20,7 @@ from yololab.diagnostics.runfiles import LR_FILE, unique_rows
 
 SPLITS = ("train", "val")
 TRAIN_EXTRAS = ("lr", "lr_warmup", "warmup")  # logged without a split prefix, written on the train row
+EPOCH_EXTRAS = ("lr_warmup", "warmup")  # of those, the epoch means (lr is logged at every logging step)
 
 
 class MetricsJsonl(L.Callback):
@@ -39,23 +40,26 @@ class MetricsJsonl(L.Callback):
         self._validated = False
         self._epoch_rows: list[dict] = []  # the rows of the last finished epoch (saved in checkpoints)
         self._restored_rows: list[dict] = []
+        self._lr_row: dict | None = None  # the last finished epoch's lr.jsonl row (saved in checkpoints too)
+        self._restored_lr_row: dict | None = None
         self.saved_epochs = 0  # epochs the checkpoint written by this callback holds (0: none written yet)
         self.lr_path = self.path.with_name(LR_FILE)
         self._lrs: list[float] = []
         self._first_step = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch_rows": self._epoch_rows}
+        return {"epoch_rows": self._epoch_rows, "lr_row": self._lr_row}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._epoch_rows = list(state_dict.get("epoch_rows", []))
         self._restored_rows = self._epoch_rows
+        self._lr_row = self._restored_lr_row = state_dict.get("lr_row")
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """On resume, drop the rows past the checkpoint and restore the checkpoint's own epoch rows."""
         if not self.resume or not trainer.is_global_zero:
             return
-        restore_rows(self.path, self._restored_rows, trainer.current_epoch)
+        restore_rows(self.path, self._restored_rows, trainer.current_epoch, self._restored_lr_row)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
         if not self._lrs:
@@ -67,7 +71,9 @@ class MetricsJsonl(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_rows = self._rows(trainer)
+        self._lr_row = {"epoch": trainer.current_epoch, "step": self._first_step, "lr": self._lrs}
         self._validated = False
+        log_train_means(trainer)
         if self.checkpoint is not None:
             trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the whole training state
             self.saved_epochs = trainer.current_epoch + 1
@@ -76,8 +82,7 @@ class MetricsJsonl(L.Callback):
                 for row in self._epoch_rows:
                     handle.write(json.dumps(row) + "\n")
             with self.lr_path.open("a") as handle:
-                handle.write(json.dumps({"epoch": trainer.current_epoch, "step": self._first_step,
-                                         "lr": self._lrs}) + "\n")
+                handle.write(json.dumps(self._lr_row) + "\n")
         self._lrs = []
 
     def _rows(self, trainer: L.Trainer) -> list[dict]:
@@ -93,17 +98,43 @@ class MetricsJsonl(L.Callback):
         return rows
 
 
-def restore_rows(path: str | Path, restored: list[dict], next_epoch: int) -> None:
+def epoch_log_step(trainer: L.Trainer) -> int:
+    """The logger step of an epoch's means, as Lightning logs them: that of the epoch's last optimiser step.
+    Everything of an epoch is logged at steps below ``global_step`` at its end (the step a resume from its
+    checkpoint purges TensorBoard's events from)."""
+    return max(trainer.global_step - 1, 0)
+
+
+def log_train_means(trainer: L.Trainer) -> None:
+    """The epoch means of training (``train/*``, warm-up shares; the module logs them with ``logger=False``) to
+    every logger, before the epoch's checkpoint: a run killed after the checkpoint resumes with them logged."""
+    metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                                 if k.startswith(f"{SPLITS[0]}/") or k in EPOCH_EXTRAS}
+    if not metrics:
+        return
+    metrics["epoch"] = trainer.current_epoch  # what Lightning adds to each of its own logging calls
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=epoch_log_step(trainer))
+        logger.save()
+
+
+def restore_rows(path: str | Path, restored: list[dict], next_epoch: int, restored_lr: dict | None = None) -> None:
     """Put ``path`` (metrics.jsonl) back in line with a checkpoint: the rows past it are dropped and the
     checkpoint's own epoch rows ``restored`` replace the file's rows of that epoch; ``next_epoch`` is the first
     epoch still to run. Without ``restored`` (a checkpoint written before the rows were kept in it) only the
-    rows of the epochs still to run are dropped. The per-step lr log is cut the same way."""
+    rows of the epochs still to run are dropped. The per-step lr log is cut the same way, and the checkpoint's
+    own lr row ``restored_lr`` replaces that of its epoch."""
     path = Path(path)
     # The checkpoint's epoch rows are the truth for that epoch.
     first_restored = min((r["epoch"] for r in restored), default=next_epoch)
     rows = read_metrics(path) if path.exists() else []
     write_rows_atomically(path, [r for r in rows if r["epoch"] < first_restored] + restored)
-    drop_rows_from(path.with_name(LR_FILE), next_epoch)
+    lr_path = path.with_name(LR_FILE)
+    if restored_lr is None:
+        drop_rows_from(lr_path, next_epoch)
+    else:
+        lr_rows = read_metrics(lr_path) if lr_path.exists() else []
+        write_rows_atomically(lr_path, [r for r in lr_rows if r["epoch"] < restored_lr["epoch"]] + [restored_lr])
 
 
 def _finite(value: float) -> float | None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from yololab import keys
-from yololab.config import RunConfig
+from yololab.config import OptimConfig, RunConfig
 from yololab.engine.schedule import warmup_cosine
 from yololab.evaluate import coco_map, nms
 from yololab.evaluate.runner import truths_in_pixels
@@ -28,6 +28,10 @@ from yololab.model.coder import decode_outputs
 
 COUNT_STATS = ("n_pos", "n_ignored")  # per-batch counts, averaged over batches
 NEGATIVE_STATS = ("obj_neg", "obj_all")  # means over (non-responsible or all) predictions: weighted by images
+# The epoch means of training reach the loggers through MetricsJsonl, before the epoch's checkpoint; Lightning
+# would log them after it, and a run killed in between would resume without them (engine/metrics_log.py).
+TRAIN_EPOCH_LOG = {"logger": False}
+ADAM_BETA2 = 0.999  # AdamW's second-moment decay (optim.momentum is its beta1)
 
 
 class YoloModule(L.LightningModule):
@@ -54,9 +58,10 @@ class YoloModule(L.LightningModule):
         breakdown = self.loss(self.model(images), targets, step=self.global_step)
         self._log_breakdown("train", breakdown, len(images))
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images))
+        self.log("warmup", float(breakdown.warmup), on_step=False, on_epoch=True, batch_size=len(images),
+                 **TRAIN_EPOCH_LOG)
         self.log("lr_warmup", float(self.global_step < self._lr_warmup_steps), on_step=False, on_epoch=True,
-                 batch_size=len(images))
+                 batch_size=len(images), **TRAIN_EPOCH_LOG)
         return {"loss": breakdown.total, "breakdown": breakdown}
 
     def validation_step(self, batch: tuple, batch_idx: int) -> dict[str, Any]:
@@ -83,7 +88,8 @@ class YoloModule(L.LightningModule):
         self.log("val/mAP50_95", result["mAP50_95"], sync_dist=False, rank_zero_only=False)
 
     def _log_breakdown(self, split: str, br: LossBreakdown, batch_size: int) -> None:
-        opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size,
+                    **(TRAIN_EPOCH_LOG if split == "train" else {}))
         self.log(f"{split}/loss/total", br.total.detach(), prog_bar=True, **opts)
         for key, value in br.terms.items():
             self.log(f"{split}/{keys.LOSS}/{key}", value.detach(), **opts)
@@ -104,11 +110,12 @@ class YoloModule(L.LightningModule):
         decay, no_decay = [], []
         for p in self.model.parameters():
             (decay if p.ndim > 1 else no_decay).append(p)  # biases and BN parameters are not decayed
-        groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": params, **settings}
+                  for params, settings in zip((decay, no_decay), optimizer_settings(oc), strict=True)]
         if oc.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=True)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.momentum, 0.999))
+            optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.momentum, ADAM_BETA2))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = round(oc.warmup_epochs * total / max(self.trainer.max_epochs or 1, 1))
         self._lr_warmup_steps = warmup
@@ -116,6 +123,26 @@ class YoloModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, total, warmup, oc.final_lr_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """The config's optimiser settings, also in a resumed run: Lightning has put back the checkpoint's
+        optimiser and schedule states, which hold the peak lr, momentum and weight decay the run started with,
+        and a resumed run's ``--set optim.*`` must be what config.yaml says it trained with. A new run is left
+        as configure_optimizers made it."""
+        optimizer = self.trainer.optimizers[0]
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler
+        settings = optimizer_settings(self.cfg.optim)
+        schedule.base_lrs = [s["lr"] for s in settings]
+        for group, setting, factor in zip(optimizer.param_groups, settings, schedule.lr_lambdas, strict=True):
+            group.update({k: v for k, v in setting.items() if k != "lr"}, initial_lr=setting["lr"])
+            group["lr"] = setting["lr"] * factor(schedule.last_epoch)  # where the schedule is now
+
+
+def optimizer_settings(oc: OptimConfig) -> list[dict[str, Any]]:
+    """The hyperparameters of the two parameter groups, from the config: conv weights (decayed), then biases
+    and batch-norm parameters (not decayed)."""
+    momentum = {"momentum": oc.momentum} if oc.optimizer == "sgd" else {"betas": (oc.momentum, ADAM_BETA2)}
+    return [{"lr": oc.lr, "weight_decay": decay, **momentum} for decay in (oc.weight_decay, 0.0)]
 
 
 def _gather(items: list[Tensor]) -> list[Tensor]:

@@ -117,11 +117,12 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
 
 def plain_train_loader(datamodule) -> DataLoader:
     """The training images letterboxed and never augmented, shuffled anew each epoch (EpochSeededSampler):
-    what validation images look like. ``datamodule``: a YoloDataModule (its spec, sizes and seed)."""
+    what validation images look like. ``datamodule``: a YoloDataModule (its spec, sizes, seed and box policy)."""
     from yololab.engine.datamodule import EpochSeededSampler  # the data module imports this package's neighbours
 
     spec = datamodule.spec
-    data = YoloDataset(spec.splits["train"], spec.num_classes, datamodule.img_size, channels=datamodule.channels)
+    data = YoloDataset(spec.splits["train"], spec.num_classes, datamodule.img_size, channels=datamodule.channels,
+                       boxes_outside=datamodule.boxes_outside)
     return DataLoader(data, batch_size=datamodule.batch_size, sampler=EpochSeededSampler(len(data), datamodule.seed),
                       num_workers=datamodule.workers, collate_fn=collate, persistent_workers=datamodule.workers > 0)
 

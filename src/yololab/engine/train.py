@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,12 @@ from yololab.engine.module import YoloModule
 from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.engine.progress import PlainProgress
 from yololab.engine.quiet import quiet_lightning
-from yololab.model import load_darknet_weights, parse_cfg
+from yololab.model import load_darknet_weights, net_section, parse_cfg
 from yololab.model.build import read_cfg_text, resolve_cfg
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
+TB_EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event file names
 MAX_LISTED_SKIPPED = 20  # skipped images named in the log (all of them go to skipped_images.txt)
 
 
@@ -55,13 +57,15 @@ class TrainResult:
 
 
 class SaveConfigOnceStarted(L.Callback):
-    """Writes config.yaml after the first training step that finished cleanly (first process only): a resumed
-    run's new ``--set`` values are kept only once they have been seen to work."""
+    """Writes a resumed run's config.yaml once its first epoch has finished and its checkpoint is written (first
+    process only; placed after MetricsJsonl, which writes that checkpoint): new ``--set`` values are kept only
+    once they have trained a whole epoch. A run they stop (a non-finite loss at any step of that epoch, a kill)
+    resumes with the config.yaml it had, from the checkpoint that config made."""
 
     def __init__(self, cfg: RunConfig, path: Path):
         self.cfg, self.path, self.saved = cfg, path, False
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not self.saved and trainer.is_global_zero:
             save_config(self.cfg, self.path)
         self.saved = True
@@ -118,6 +122,8 @@ def _loggers(cfg: RunConfig, purge_step: int | None = None) -> list[Logger]:
             raise ConfigError(f"train.loggers includes {name}, but {module} is not installed: pip install '{extra}'")
         if name == "tensorboard":
             purge = {"purge_step": purge_step} if purge_step is not None else {}
+            if purge_step is not None:
+                _wait_for_a_later_event_file_name(run_dir / "tb")
             out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False,
                                          **purge))
         elif name == "csv":
@@ -137,6 +143,17 @@ def _loggers(cfg: RunConfig, purge_step: int | None = None) -> list[Logger]:
 
             out.append(WandbLogger(project=tc.wandb_project or cfg.project, name=cfg.name, save_dir=str(run_dir)))
     return out
+
+
+def _wait_for_a_later_event_file_name(folder: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second its file was
+    made (``events.out.tfevents.SECONDS.host.pid.n``): the file of a resumed run, whose first event tells readers
+    to drop the events logged past the checkpoint, must sort after those of the run it continues. Waits (under a
+    second) when such a file was made in the current second."""
+    seconds = [int(parts[3]) for p in folder.glob(f"{TB_EVENTS_PREFIX}*")
+               if len(parts := p.name.split(".")) > 3 and parts[3].isdigit()]
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
 def _plugins(cfg: RunConfig) -> list:
@@ -177,10 +194,10 @@ def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback]
 
 def _net_size(cfg_name: str) -> int:
     """Square input size from a cfg's [net] width and height (they must agree for yololab's square inputs)."""
-    net = parse_cfg(resolve_cfg(cfg_name))[0]
+    net = net_section(parse_cfg(resolve_cfg(cfg_name)))
     width, height = int(net.get("width", 0)), int(net.get("height", 0))
     if width != height or width <= 0:
-        raise ConfigError(f"cfg {cfg_name}: [net] width {width} and height {height}: set data.imgsz explicitly")
+        raise net.error(f"width {width} and height {height}: set data.imgsz explicitly", "width")
     return width
 
 
@@ -258,6 +275,15 @@ def _check_splits(spec: DataSpec) -> None:
                                               "images/val', or make one with 'yololab data split')")
 
 
+def _check_same_optimizer(resumed: dict, cfg: RunConfig, path: Path) -> None:
+    """A resumed run goes on with the optimiser whose state its checkpoint holds (AdamW's moments are no SGD
+    momentum): ConfigError when ``--set optim.optimizer`` asks for the other one."""
+    saved = resumed.get("hyper_parameters", {}).get("config", {}).get("optim", {}).get("optimizer")
+    if saved is not None and saved != cfg.optim.optimizer:
+        raise ConfigError(f"{path} holds the optimiser state of optim.optimizer={saved}: a resumed run keeps it (drop "
+                          f"--set optim.optimizer={cfg.optim.optimizer}, or start a new run)")
+
+
 def _prepare_folder(cfg: RunConfig, resume: bool, skipped: list, clipped: list[DataError], fit: dict | None,
                     resumed: dict | None) -> None:
     """The run folder, written only once everything has been validated (first process only)."""
@@ -309,6 +335,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     resumed = load_checkpoint_file(last) if resume else None
     if resumed is not None:
         check_weights_fit(resumed, module, last)
+        _check_same_optimizer(resumed, cfg, last)
     # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
     module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
@@ -344,7 +371,8 @@ def _catch_up_finished(cfg: RunConfig, resumed: dict) -> None:
     from yololab.diagnostics.report import write_report
 
     state = resumed.get("callbacks", {}).get(MetricsJsonl.__qualname__, {})
-    restore_rows(cfg.run_dir / "metrics.jsonl", list(state.get("epoch_rows", [])), resumed["epoch"] + 1)
+    restore_rows(cfg.run_dir / "metrics.jsonl", list(state.get("epoch_rows", [])), resumed["epoch"] + 1,
+                 state.get("lr_row"))
     if cfg.diagnostics.doctor:
         diagnose_run(cfg.run_dir, cfg.doctor)
     if cfg.diagnostics.report:
@@ -363,4 +391,6 @@ def _fit(trainer: L.Trainer, module: YoloModule, data: YoloDataModule, ckpt: Pat
         if watch.stop is None:
             raise
         saved = metrics.saved_epochs or (resumed["epoch"] + 1 if resumed is not None else 0)
+        if saved == 0 and trainer.is_global_zero:
+            shutil.rmtree(module.cfg.run_dir, ignore_errors=True)  # a new run with nothing to resume: as if never run
         raise stopped_error(watch.stop, module.cfg.run_dir, saved) from err

@@ -4,7 +4,7 @@ imported on first use, so cfg parsing loads without torch."""
 from yololab.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "cfg": ["CfgError", "CfgWarning", "packaged_cfg", "packaged_cfgs", "parse_cfg", "write_cfg"],
+    "cfg": ["CfgError", "CfgWarning", "net_section", "packaged_cfg", "packaged_cfgs", "parse_cfg", "write_cfg"],
     "darknet": ["Darknet"],
     "weights": ["WeightsError", "WeightsReport", "load_darknet_weights", "save_darknet_weights"],
 })

@@ -369,6 +369,16 @@ def parse_cfg(path_or_text: str | Path, source: str | None = None) -> list[CfgSe
     return sections
 
 
+def net_section(sections: list[CfgSection]) -> CfgSection:
+    """The ``[net]`` section, which must come first; CfgError at the first section's header otherwise."""
+    if not sections:
+        raise CfgError("<cfg>", None, "no [section] found")
+    if sections[0].type != "net":
+        first = sections[0]
+        raise CfgError(first.file, first.line, f"the first section must be [net], found [{first.type}]")
+    return sections[0]
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 

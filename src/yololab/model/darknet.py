@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from yololab.model.cfg import SCHEMAS, CfgError, CfgSection, CfgWarning, parse_cfg, write_cfg
+from yololab.model.cfg import SCHEMAS, CfgSection, CfgWarning, net_section, parse_cfg, write_cfg
 from yololab.model.layers import (
     BUILDERS,
     YOLO_BOX_ENTRIES,
@@ -146,11 +146,7 @@ class Darknet(nn.Module):
 
     def __init__(self, sections: list[CfgSection]):
         super().__init__()
-        if not sections or sections[0].type != "net":
-            where = sections[0] if sections else None
-            raise CfgError(where.file if where else "<cfg>", where.line if where else None,
-                           "the first section must be [net]")
-        net = sections[0]
+        net = net_section(sections)
         height, width, channels = (net.value(k) for k in ("height", "width", "channels"))
         for key, v in (("height", height), ("width", width), ("channels", channels)):
             if v < 1:
