@@ -21,6 +21,7 @@ from yololab.diagnostics.runfiles import LR_FILE, unique_rows
 SPLITS = ("train", "val")
 TRAIN_EXTRAS = ("lr", "lr_warmup", "warmup")  # logged without a split prefix, written on the train row
 EPOCH_EXTRAS = ("lr_warmup", "warmup")  # of those, the epoch means (lr is logged at every logging step)
+TIME_PREFIX = "time/"  # an epoch's wall times (engine/epoch_time.py), added to its train row after the checkpoint
 
 
 class MetricsJsonl(L.Callback):
@@ -123,11 +124,16 @@ def restore_rows(path: str | Path, restored: list[dict], next_epoch: int, restor
     checkpoint's own epoch rows ``restored`` replace the file's rows of that epoch; ``next_epoch`` is the first
     epoch still to run. Without ``restored`` (a checkpoint written before the rows were kept in it) only the
     rows of the epochs still to run are dropped. The per-step lr log is cut the same way, and the checkpoint's
-    own lr row ``restored_lr`` replaces that of its epoch."""
+    own lr row ``restored_lr`` replaces that of its epoch.
+
+    The wall times of the checkpoint's epoch (``time/*``) are measured after the checkpoint, so it cannot hold
+    them: the ones the file has for that epoch are kept on the restored rows."""
     path = Path(path)
-    # The checkpoint's epoch rows are the truth for that epoch.
+    # The checkpoint's epoch rows are the truth for that epoch, its wall times excepted.
     first_restored = min((r["epoch"] for r in restored), default=next_epoch)
     rows = read_metrics(path) if path.exists() else []
+    times = {(r["epoch"], r["split"]): {k: v for k, v in r.items() if k.startswith(TIME_PREFIX)} for r in rows}
+    restored = [{**r, **times.get((r["epoch"], r["split"]), {})} for r in restored]
     write_rows_atomically(path, [r for r in rows if r["epoch"] < first_restored] + restored)
     lr_path = path.with_name(LR_FILE)
     if restored_lr is None:

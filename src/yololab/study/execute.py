@@ -25,9 +25,11 @@ from yololab.study.trial import (
     final_val,
     grid_trial,
     read_record,
+    read_samples,
     run_dir,
     run_name,
     search_trial,
+    training_minutes,
 )
 
 STUDY_FILE = "study.yaml"  # the resolved study, written into the study folder
@@ -158,7 +160,7 @@ def _record_stopped(pending: dict[str, tuple[Configuration, int]], outcome: Stud
         if read_record(folder) is None and name not in failed and folder.is_dir():
             epochs = final_val(folder).get("epoch", -1) + 1
             RunRecord(configuration.name, configuration.levels, configuration.overrides, seed, STOPPED, epochs,
-                      float("nan")).write(folder)
+                      training_minutes(folder)).write(folder)
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -175,35 +177,44 @@ def _distribution(kind: str, values: list):
 
 
 def searched(study: Study, study_dir: Path) -> dict[str, tuple[Configuration, list[RunRecord]]]:
-    """Configurations a search has trained so far: name -> (configuration, records of its finished seeds)."""
+    """Configurations a search has asked for so far: name -> (configuration, records of its finished seeds)."""
     found: dict[str, tuple[Configuration, list[RunRecord]]] = {}
     for folder in sorted((study_dir / RUNS_DIR).glob("*")):
         record = read_record(folder)
         if record is not None:
             configuration = Configuration(record.config, record.levels, record.overrides)
             found.setdefault(record.config, (configuration, []))[1].append(record)
+    for configuration in read_samples(study_dir):  # asked for, no seed finished yet
+        found.setdefault(configuration.name, (configuration, []))
     return found
 
 
-def _search(study: Study, context: TrialContext, outcome: StudyOutcome, address: str | None,
-            verbose: int) -> None:
+def searcher(study: Study, study_dir: Path):
+    """Ray Tune's OptunaSearch for what is left of a search: configurations whose seeds all finished are told
+    to it with their objective, the ones begun but unfinished are evaluated first, and new ones are drawn by a
+    TPE sampler seeded ``seed + configurations asked for so far`` (a sampler seeded as before would draw the
+    same first configurations again). Returns (searcher, samples left to run, runs already finished)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     search = study.spec.search
     space = {key: _distribution(*next(iter(dist.items()))) for key, dist in search.space.items()}
-    found = searched(study, outcome.study_dir)
+    found = searched(study, study_dir)
     complete = {name: records for name, (_, records) in found.items() if len(records) == len(study.seeds)}
     partial = [c.overrides for name, (c, _) in found.items() if name not in complete]
-    searcher = OptunaSearch(space=space, metric=SEARCH_OBJECTIVE, mode="max", points_to_evaluate=partial or None,
-                            sampler=optuna.samplers.TPESampler(seed=search.seed))
+    algorithm = OptunaSearch(space=space, metric=SEARCH_OBJECTIVE, mode="max", points_to_evaluate=partial or None,
+                             sampler=optuna.samplers.TPESampler(seed=search.seed + len(found)))
     for name, records in complete.items():
-        finals = [final_val(run_dir(outcome.study_dir, name, r.seed)).get(TUNE_METRIC) for r in records]
+        finals = [final_val(run_dir(study_dir, name, r.seed)).get(TUNE_METRIC) for r in records]
         finals = [v for v in finals if v is not None]
         if finals:
-            searcher.add_evaluated_point(found[name][0].overrides, sum(finals) / len(finals))
-    outcome.skipped = len(complete) * len(study.seeds)
-    remaining = search.samples - len(complete)
+            algorithm.add_evaluated_point(found[name][0].overrides, sum(finals) / len(finals))
+    return algorithm, search.samples - len(complete), len(complete) * len(study.seeds)
+
+
+def _search(study: Study, context: TrialContext, outcome: StudyOutcome, address: str | None,
+            verbose: int) -> None:
+    algorithm, remaining, outcome.skipped = searcher(study, outcome.study_dir)
     if remaining > 0:
         _tune(search_trial, context, outcome, address, verbose, {},
-              {"search_alg": searcher, "num_samples": remaining})
+              {"search_alg": algorithm, "num_samples": remaining})

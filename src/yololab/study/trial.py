@@ -22,6 +22,7 @@ DEFAULT_WORKERS = 0  # DataLoader processes of a run unless the study sets data.
 FINISHED, STOPPED = "finished", "stopped"  # a record's status: the whole budget, or stopped early by ASHA
 TUNE_METRIC = "mAP50"  # what each epoch reports to Ray Tune (ASHA's metric)
 TUNE_TIME = "epoch"  # ASHA's time attribute: epochs done
+EPOCH_TIME = "time/epoch_s"  # an epoch's wall time on its train row of metrics.jsonl (engine/epoch_time.py)
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,41 @@ def read_record(path: Path) -> RunRecord | None:
 
 
 def _tune_report():
-    """Lightning callback reporting the epoch and its val mAP@0.5 to Ray Tune (ASHA decides on them)."""
+    """Lightning callback reporting the epoch and its val mAP@0.5 to Ray Tune (ASHA decides on them), after the
+    run's own epoch end (checkpoint, rows, diagnostics): a trial ASHA stops leaves a whole epoch behind.
+
+    The last epoch is not reported here but by the trial once the run's record is written (``grid_trial``):
+    ASHA stops every trial that reports its last epoch, and ``tune.report`` waits for that decision, so a report
+    from inside the last epoch would end the run before its test metrics and record."""
     import lightning as L
     from ray import tune
 
     class TuneReport(L.Callback):
         def on_train_epoch_end(self, trainer, module) -> None:
+            if trainer.current_epoch + 1 >= trainer.max_epochs:
+                return
             value = trainer.callback_metrics.get(f"val/{TUNE_METRIC}")
             tune.report({TUNE_TIME: trainer.current_epoch + 1,
                          TUNE_METRIC: float(value) if value is not None else math.nan})
 
     return TuneReport()
+
+
+def training_minutes(folder: Path) -> float:
+    """Minutes of training of a run folder: the sum of its epochs' wall times (``time/epoch_s`` of the train
+    rows of metrics.jsonl: training, validation, checkpoints and diagnostics), each epoch once however often the
+    run was killed and resumed; the start-up before the first epoch and the test evaluation are not in it.
+
+    An epoch whose time a kill lost (it struck between the epoch's checkpoint and its time record) counts as
+    the mean of the others. NaN when no epoch has a time."""
+    from yololab.engine.metrics_log import read_metrics
+
+    path = Path(folder) / "metrics.jsonl"
+    rows = [r for r in read_metrics(path) if r.get("split") == "train"] if path.is_file() else []
+    times = [float(r[EPOCH_TIME]) for r in rows if r.get(EPOCH_TIME) is not None]
+    if not times:
+        return math.nan
+    return sum(times) / len(times) * len(rows) / 60
 
 
 def train_run(context: TrialContext, configuration: Configuration, seed: int, report: bool) -> RunRecord:
@@ -110,8 +135,9 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     start = time.perf_counter()
     result = train(cfg, resume=resume, exist_ok=True, progress="none", callbacks=callbacks)
     epochs = len({row["epoch"] for row in result.metrics if row["split"] == "train"})
+    minutes = training_minutes(folder)
     record = RunRecord(configuration.name, dict(configuration.levels), dict(configuration.overrides), seed,
-                       FINISHED, epochs, (time.perf_counter() - start) / 60,
+                       FINISHED, epochs, minutes if math.isfinite(minutes) else (time.perf_counter() - start) / 60,
                        _test_metrics(result.last_checkpoint, cfg) if _has_test(data) else None)
     if record.test is not None:
         from yololab.diagnostics.report import TEST_METRICS
@@ -148,8 +174,12 @@ def _test_metrics(checkpoint: Path, cfg) -> dict:
 
 def grid_trial(params: dict, context: TrialContext) -> None:
     """A Ray Tune trial of a grid: ``params["run"]`` is the name of one (configuration, seed) run."""
+    from ray import tune
+
     configuration, seed = context.runs[params["run"]]
-    train_run(context, configuration, seed, report=True)
+    record = train_run(context, configuration, seed, report=True)
+    value = final_val(run_dir(Path(context.study_dir), configuration.name, seed)).get(TUNE_METRIC)
+    tune.report({TUNE_TIME: record.epochs, TUNE_METRIC: value if value is not None else math.nan})
 
 
 def search_trial(params: dict, context: TrialContext) -> None:
@@ -162,6 +192,7 @@ def search_trial(params: dict, context: TrialContext) -> None:
 
     levels = {key: _level_text(value) for key, value in params.items()}
     configuration = Configuration(config_name(levels), levels, dict(params))
+    write_sample(Path(context.study_dir), configuration)
     finals = []
     for seed in seed_list(context.spec):
         record = read_record(run_dir(Path(context.study_dir), configuration.name, seed))
@@ -172,6 +203,26 @@ def search_trial(params: dict, context: TrialContext) -> None:
 
 
 SEARCH_OBJECTIVE = "objective"
+SAMPLES_DIR = "samples"  # under the study folder: one JSON per configuration a search has asked for
+
+
+def write_sample(study_dir: Path, configuration: Configuration) -> None:
+    """``samples/<config>.json``: a sampled configuration, written before its first run trains, so that a
+    search killed before any of its seeds finished continues it instead of forgetting it."""
+    folder = Path(study_dir) / SAMPLES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{configuration.name}.json").write_text(json.dumps(asdict(configuration), indent=2) + "\n")
+
+
+def read_samples(study_dir: Path) -> list[Configuration]:
+    """The configurations a search has asked for (unreadable files are skipped), in name order."""
+    found = []
+    for path in sorted((Path(study_dir) / SAMPLES_DIR).glob("*.json")):
+        try:
+            found.append(Configuration(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
 
 
 def _level_text(value) -> str:
