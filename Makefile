@@ -37,7 +37,7 @@ test: $(STAMP) lint browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/loss.py && $(PY) benchmarks/data.py
+	$(PY) benchmarks/loss.py && $(PY) benchmarks/data.py && $(PY) benchmarks/inference.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

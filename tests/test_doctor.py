@@ -292,6 +292,29 @@ def test_overfitting_quiet_while_map_still_rises():
     assert only(diagnose(rows, HEALTHY_FIT), "overfitting") == []
 
 
+@pytest.mark.parametrize(("map50", "kept"), [
+    ({2: 0.5, 3: 0.45, 4: 0.4, 5: 0.35}, 2),  # the peak at epoch 2, then falling while train loss falls
+    ({2: 0.5, 3: 0.5, 4: 0.4, 5: 0.35}, 2),  # a tie: best.ckpt is replaced only on a higher mAP50, so epoch 2
+    ({2: 0.3, 3: 0.5, 4: 0.4, 5: 0.35}, 3),
+])
+def test_overfitting_names_the_epoch_to_keep_and_its_checkpoint(map50, kept):
+    rows = healthy_rows()  # train terms fall every epoch (0.9 ** epoch)
+    set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.85, 4: 0.9, 5: 0.95})
+    set_values(rows, "val", "mAP50", map50)
+    (f,) = only(diagnose(rows, HEALTHY_FIT), "overfitting")
+    assert f"The epoch to keep is {kept}: checkpoints/best.ckpt holds it (`--weights best`" in f.message
+    assert f"peaked at {map50[kept]:.3g} in epoch {kept} and is 0.35 now" in f.message
+    assert (f.numbers["best_map_epoch"], f.changes) == (kept, {"train.epochs": kept + 1})
+
+
+def test_overfitting_without_map_names_no_epoch_to_keep():
+    rows = healthy_rows()
+    set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.85, 4: 0.9, 5: 0.95})
+    set_values(rows, "val", "mAP50", {e: None for e in range(EPOCHS)})
+    (f,) = only(diagnose(rows, HEALTHY_FIT), "overfitting")
+    assert "epoch to keep" not in f.message and f.changes == {"train.epochs": 3}  # the epoch before the rise + 1
+
+
 def test_overfitting_needs_k_rising_epochs():
     rows = healthy_rows()
     set_values(rows, "val", "loss/obj/s1", {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.7, 4: 0.9, 5: 0.95})  # 2 rises

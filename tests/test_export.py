@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from yololab.export import check_export, export_model, match_detections, run_exported
+from yololab.export import check_export, export_model, match_detections, onnx_session, run_exported
 from yololab.model import Darknet, packaged_cfg
 from yololab.model.coder import BoxCoder
 
@@ -55,6 +55,16 @@ def test_export_with_nms_matches_yololab_nms(model, images, fmt, tmp_path):
     assert check.max_abs_diff <= ABS_TOL + FLOAT32_REL * check.max_value
     dets = run_exported(path, fmt, images[:1])
     assert dets.shape[1] == 7 and set(np.unique(dets[:, 0])) <= {0.0}
+
+
+def test_onnx_session_with_one_thread_gives_the_same_detections(model, images, tmp_path):
+    path = export_model(model, BoxCoder(), tmp_path / "m.onnx", "onnx", IMGSZ, with_nms=True, conf_thres=CONF,
+                        iou_thres=IOU, max_det=MAX_DET)
+    session = onnx_session(path, threads=1)
+    assert session.get_session_options().intra_op_num_threads == 1
+    diff, pairs, unpaired = match_detections(session.run(None, {"images": images.numpy()})[0],
+                                             run_exported(path, "onnx", images))  # the default thread count
+    assert pairs >= 20 and unpaired == 0 and diff <= ABS_TOL
 
 
 def test_matching_reports_a_missing_detection():

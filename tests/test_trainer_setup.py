@@ -12,9 +12,10 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from run_fixtures import untrained_run
 from yololab.config import ConfigError, build_config
 from yololab.data import make_digits
-from yololab.engine.train import make_trainer, train
+from yololab.engine.train import make_trainer, max_time_seconds, train
 
 SMALL = ["data.imgsz=128", "data.batch=4", "data.workers=0", "model.cfg=yolov3-tiny-3l-small"]
 # What `srun` exports on the first task of `sbatch --nodes=2 --ntasks-per-node=1`: the variables Lightning's
@@ -64,6 +65,42 @@ def test_without_num_nodes_lightning_refuses_the_same_allocation(slurm_two_nodes
                                                                num_nodes=trainer.num_nodes)
 
 
+@pytest.mark.parametrize("cluster", ["auto", "slurm"])
+@pytest.mark.parametrize("requeue", [True, False])
+def test_slurm_requeue_reaches_the_environment_whatever_the_cluster_setting(slurm_two_nodes, tmp_path, cluster,
+                                                                           requeue):
+    # under auto, Lightning's own detected SLURMEnvironment requeues (its default): false must still turn it off
+    cfg = _cfg(tmp_path, "train.num_nodes=2", "train.strategy=ddp", "train.accelerator=cpu",
+               f"train.cluster={cluster}", f"train.slurm_requeue={str(requeue).lower()}")
+    environment = make_trainer(cfg).strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is requeue
+
+
+def test_max_time_format_is_checked_when_the_config_is_built(tmp_path):
+    assert max_time_seconds("01:02:03:04") == ((1 * 24 + 2) * 60 + 3) * 60 + 4
+    with pytest.raises(ConfigError, match=r"train\.max_time"):
+        _cfg(tmp_path, "train.max_time='11:30:00'")  # hours, minutes, seconds without the days
+
+
+def test_resume_with_max_time_used_up_is_refused(tmp_path):
+    """Lightning's Timer is restored from the checkpoint with the training time it holds; a run resumed with a
+    max_time it has already used would stop before its first step."""
+    import torch
+
+    data = make_digits(tmp_path / "digits", tiny=True, seed=1)
+    run = untrained_run(data, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    timer = Timer(duration="00:00:02:00")
+    timer._offset = 150.0  # what load_state_dict sets: 150 s trained before
+    checkpoint["callbacks"] = {timer.state_key: timer.state_dict()}
+    torch.save(checkpoint, last)
+    cfg = _cfg(tmp_path, "train.max_time='00:00:02:00'", data=str(data))
+    with pytest.raises(ConfigError, match=r"last\.ckpt: the run has trained 150 s, train\.max_time 00:00:02:00 is "
+                                          r"used up"):
+        train(cfg, resume=True, progress="none")
+
+
 def test_missing_logger_package_is_a_clear_config_error(tmp_path):
     import importlib.util
 
@@ -86,11 +123,11 @@ def test_early_stopping_default_is_documented_and_off_switch_works(tmp_path):
 def test_early_stop_and_mlflow_csv_loggers_on_a_tiny_run(tmp_path):
     """min_delta 0.5 cannot be reached in two epochs, so patience 1 stops the run after epoch 1 of 5; every
     logged value reaches MLflow's file store and the CSV file, equal to what metrics.jsonl holds."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny comes with the dev extra: pip install -e '.[dev]'")
     data = make_digits(tmp_path / "digits", tiny=True, seed=1)
     cfg = _cfg(tmp_path, "train.epochs=5", "train.patience=1", "train.min_delta=0.5",
                "train.loggers=[tensorboard, csv, mlflow]", "diagnostics.histograms=false", "diagnostics.report=false",
-               "diagnostics.doctor=false", data=str(data))
+               "diagnostics.doctor=false", "train.precise_bn_batches=0", data=str(data))
     result = train(cfg, progress="none")
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in rows] == [(0, "train"), (0, "val"), (1, "train"), (1, "val")]

@@ -106,12 +106,16 @@ class TrainConfig(_Strict):
     num_nodes: int = Field(1, gt=0, description="Machines (nodes) the run spans; under SLURM it must equal --nodes.")
     accumulate_grad_batches: int = Field(1, gt=0, description="Optimiser step every N batches (a larger "
                                          "effective batch on small GPUs).")
-    max_time: str | None = Field(None, description="Stop after this wall time, 'DD:HH:MM:SS' (e.g. '00:11:30:00' "
-                                 "inside a 12-hour SLURM slot); last.ckpt lets --resume continue.")
+    max_time: str | None = Field(None, pattern=r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$", description="Stop after this much "
+                                 "wall time of training (validation included), 'DD:HH:MM:SS' (e.g. '00:11:30:00' "
+                                 "inside a 12-hour SLURM slot), "
+                                 "counted over the whole run: a resumed run goes on from the time its checkpoint "
+                                 "holds, so raise it to continue (docs/clusters.md).")
     cluster: Literal["auto", "slurm"] = Field("auto", description="auto: Lightning detects SLURM, torchrun and "
                                               "the like; slurm: use Lightning's SLURM environment explicitly.")
-    slurm_requeue: bool = Field(True, description="Under SLURM, save and requeue the job when SLURM signals the "
-                                "end of its time limit (Lightning's SLURMEnvironment auto_requeue).")
+    slurm_requeue: bool = Field(True, description="Under SLURM (train.cluster auto or slurm), save and requeue the "
+                                "job when SLURM sends SIGUSR1 before its time limit (sbatch --signal=SIGUSR1@90; "
+                                "Lightning's SLURMEnvironment auto_requeue).")
     # Early stopping on the best-checkpoint metric (val mAP50). ultralytics stops after 100 epochs without
     # improvement; yololab's runs are shorter, so 50: long enough not to cut a run that is still learning.
     patience: int | None = Field(50, gt=0, description="Stop when val mAP50 has not improved for this many "

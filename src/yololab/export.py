@@ -204,13 +204,21 @@ def _append_onnx_nms(path: Path, conf_thres: float, iou_thres: float, max_det: i
 
 
 # ------------------------------------------------------------------------------------------------ running
+def onnx_session(path: Path, threads: int | None = None):
+    """An onnxruntime InferenceSession of an exported ``model.onnx`` on the CPU; ``threads``: intra-op threads
+    (None: onnxruntime's default, one per physical core). Run it with ``session.run(None, {"images": x})``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def run_exported(path: Path, fmt: str, images: Tensor) -> np.ndarray:
     """The exported file's output on ``images [B, C, S, S]`` (onnxruntime on the CPU, or torch.jit.load)."""
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {"images": images.numpy()})[0]
+        return onnx_session(path).run(None, {"images": images.numpy()})[0]
     loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return loaded(images).numpy()

@@ -25,7 +25,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yololab import keys as scale_keys
-from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl
+from yololab.diagnostics.runfiles import (
+    BEST_CHECKPOINT,
+    BEST_METRIC,
+    ROW_KEYS,
+    best_epoch,
+    read_histograms,
+    read_jsonl,
+)
 from yololab.errors import FileProblem
 
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
@@ -458,7 +465,9 @@ def rule_overfitting(ctx: Context) -> list[Finding]:
     """
     c, out = ctx.cfg, []
     map50 = dict(series(ctx.val, BEST_METRIC))
-    best_map_epoch = max(map50, key=lambda e: (map50[e], e)) if map50 else None
+    latest_peak = max(map50, key=lambda e: (map50[e], e)) if map50 else None  # last epoch at the best mAP50
+    kept = best_epoch(ctx.val)
+    best_map_epoch = kept["epoch"] if kept is not None else None  # the epoch best.ckpt holds (first on ties)
     for term, s in ctx.terms:
         key = scale_keys.loss_key(term, s)
         train, val = dict(series(ctx.train, key)), dict(series(ctx.val, key))
@@ -469,21 +478,23 @@ def rule_overfitting(ctx: Context) -> list[Finding]:
         start = min(e for e in val if e > before)
         if val[last] <= val[before] * (1 + c.rise_rel_tol) or val[last] <= train[last]:
             continue
-        if best_map_epoch is not None and best_map_epoch >= last:
+        if latest_peak is not None and latest_peak >= last:
             continue
         numbers = {"val_before": val[before], "val_now": val[last], "train_before": train[before],
                    "train_now": train[last], "epoch_before": before, "epoch_now": last}
-        peak = ""
+        peak = keep = ""
         if best_map_epoch is not None:
             numbers.update(best_map_epoch=best_map_epoch, best_map=map50[best_map_epoch], map_now=map50[last]
                            if last in map50 else None)
             peak = (f"; val {BEST_METRIC} peaked at {map50[best_map_epoch]:.3g} in epoch {best_map_epoch}"
                     + (f" and is {map50[last]:.3g} now" if last in map50 else ""))
+            keep = (f" The epoch to keep is {best_map_epoch}: checkpoints/{BEST_CHECKPOINT} holds it "
+                    f"(`--weights best`, the default of yololab detect, eval and export).")
         out.append(Finding(
             "overfitting", "warning", scale=s, term=term, first_epoch=start, numbers=numbers,
             message=f"The {term} term at scale {s} overfits: on validation it rose from {val[before]:.3g} "
                     f"(epoch {before}) to {val[last]:.3g} now (epoch {last}), above training's {train[last]:.3g}, "
-                    f"while training fell from {train[before]:.3g}{peak}.",
+                    f"while training fell from {train[before]:.3g}{peak}.{keep}",
             suggestion="Stop earlier, add data or augmentation, or lower that term's weight.",
             changes={"train.epochs": (best_map_epoch if best_map_epoch is not None else before) + 1},
         ))

@@ -25,7 +25,13 @@ import yaml
 from yololab import keys as scale_keys
 from yololab.config import LOSS_OVERRIDES
 from yololab.diagnostics import plots
-from yololab.diagnostics.runfiles import BEST_METRIC, ROW_KEYS, read_histograms, read_jsonl, read_lr_steps
+from yololab.diagnostics.runfiles import (
+    ROW_KEYS,
+    best_epoch,
+    read_histograms,
+    read_jsonl,
+    read_lr_steps,
+)
 from yololab.diagnostics.threshold_plots import thresholds_section
 from yololab.errors import FileProblem
 from yololab.loss.presets import preset
@@ -145,16 +151,6 @@ def _read_json(path: Path, kind: type):
 
 
 # ----------------------------------------------------------------------------------------- numbers
-
-
-def best_epoch(rows: list[dict]) -> dict | None:
-    """The val row with the highest mAP50 (first one on ties, as ModelCheckpoint keeps); None if none."""
-    best = None
-    for row in rows:
-        value = row.get(BEST_METRIC)
-        if row.get("split") == "val" and value is not None and (best is None or value > best[BEST_METRIC]):
-            best = row
-    return best
 
 
 def final_row(rows: list[dict], split: str = "val") -> dict | None:

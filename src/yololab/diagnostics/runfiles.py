@@ -9,10 +9,22 @@ from yololab.errors import FileProblem
 
 ROW_KEYS = ("epoch", "split")  # what every metrics.jsonl row has
 BEST_METRIC = "mAP50"  # the val metric best.ckpt is chosen on (engine/train.py BEST_METRIC "val/mAP50")
+BEST_CHECKPOINT = "best.ckpt"  # in RUN/checkpoints/: the weights of the best val mAP50 epoch
 HISTOGRAMS_FILE = "histograms.jsonl"
 HISTOGRAM_KEYS = ("epoch", "edges", "histograms")  # what every histograms.jsonl row has
 LR_FILE = "lr.jsonl"  # the learning rate of every training step: {"epoch", "step" (of its first batch), "lr": [..]}
 LR_KEYS = ("epoch", "lr")
+
+
+def best_epoch(rows: list[dict]) -> dict | None:
+    """The val row with the highest mAP50, None if none: the first one on ties, because ModelCheckpoint
+    replaces best.ckpt only on a strictly higher value, so this is the epoch that best.ckpt holds."""
+    best = None
+    for row in rows:
+        value = row.get(BEST_METRIC)
+        if row.get("split") == "val" and value is not None and (best is None or value > best[BEST_METRIC]):
+            best = row
+    return best
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ROW_KEYS,

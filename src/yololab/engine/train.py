@@ -157,12 +157,31 @@ def _wait_for_a_later_event_file_name(folder: Path) -> None:
 
 
 def _plugins(cfg: RunConfig) -> list:
-    plugins: list = [AtomicCheckpointIO()]
-    if cfg.train.cluster == "slurm":
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
+    """Atomic checkpoint writes; the SLURM environment when asked for, or when SLURM is detected and requeueing
+    is off (Lightning's own detection would requeue: its SLURMEnvironment's default)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-        plugins.append(SLURMEnvironment(auto_requeue=cfg.train.slurm_requeue))
+    plugins: list = [AtomicCheckpointIO()]
+    tc = cfg.train
+    if tc.cluster == "slurm" or (not tc.slurm_requeue and SLURMEnvironment.detect()):
+        plugins.append(SLURMEnvironment(auto_requeue=tc.slurm_requeue))
     return plugins
+
+
+def max_time_seconds(max_time: str) -> float:
+    """'DD:HH:MM:SS' (train.max_time) -> seconds."""
+    days, hours, minutes, seconds = (int(part) for part in max_time.split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60.0 + seconds
+
+
+def _check_time_left(cfg: RunConfig, resumed: dict, path: Path) -> None:
+    """A resumed run whose checkpoint has used up train.max_time would stop before its first step: refused."""
+    if cfg.train.max_time is None:
+        return
+    trained = resumed.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
+    if trained is not None and trained >= max_time_seconds(cfg.train.max_time):
+        raise ConfigError(f"{path}: the run has trained {trained:.0f} s, train.max_time {cfg.train.max_time} is "
+                          "used up (it counts the whole run): resume with a larger --set train.max_time=DD:HH:MM:SS")
 
 
 def make_trainer(cfg: RunConfig, progress: str = "none", extra: list[L.Callback] | None = None, resume: bool = False,
@@ -336,6 +355,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     if resumed is not None:
         check_weights_fit(resumed, module, last)
         _check_same_optimizer(resumed, cfg, last)
+        _check_time_left(cfg, resumed, last)
     # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
     module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
