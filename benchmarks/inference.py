@@ -11,7 +11,7 @@ Letterboxing and image decoding are left out of both (they are the same Python c
 are timed interleaved (one PyTorch call, one ONNX Runtime call, repeated), so a change in the machine's load
 hits them alike; the table gives the median. The models are freshly initialised (the head biases start at
 their priors: with detect's default confidence 0.25 nothing passes, so NMS has no work); ``--conf 0.001``
-(evaluation's threshold) sends a few hundred candidates per image through NMS, and ``--run RUN`` times a
+(evaluation's threshold) gives NMS well over a hundred boxes per image, and ``--run RUN`` times a
 trained run's best checkpoint with its own thresholds instead. Before timing, each export is checked against
 PyTorch (``check_export``) on the timed images.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import EarlyStopping, Timer
-from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from run_fixtures import untrained_run
 from yololab.config import ConfigError, build_config
@@ -74,6 +74,19 @@ def test_slurm_requeue_reaches_the_environment_whatever_the_cluster_setting(slur
                f"train.cluster={cluster}", f"train.slurm_requeue={str(requeue).lower()}")
     environment = make_trainer(cfg).strategy.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is requeue
+
+
+def test_torchrun_inside_a_slurm_allocation_keeps_its_environment(slurm_two_nodes, monkeypatch, tmp_path):
+    # what torchrun --nproc_per_node=2 exports to its first process (Lightning looks for it before SLURM)
+    for key, value in {"TORCHELASTIC_RUN_ID": "r1", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0",
+                       "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = _cfg(tmp_path, "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu",
+               "train.slurm_requeue=false")
+    trainer = make_trainer(cfg)
+    assert isinstance(trainer.strategy.cluster_environment, TorchElasticEnvironment)
+    assert trainer.world_size == 2
 
 
 def test_max_time_format_is_checked_when_the_config_is_built(tmp_path):

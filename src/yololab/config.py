@@ -108,7 +108,7 @@ class TrainConfig(_Strict):
                                          "effective batch on small GPUs).")
     max_time: str | None = Field(None, pattern=r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$", description="Stop after this much "
                                  "wall time of training (validation included), 'DD:HH:MM:SS' (e.g. '00:11:30:00' "
-                                 "inside a 12-hour SLURM slot), "
+                                 "for a run that must end inside one 12-hour SLURM slot), "
                                  "counted over the whole run: a resumed run goes on from the time its checkpoint "
                                  "holds, so raise it to continue (docs/clusters.md).")
     cluster: Literal["auto", "slurm"] = Field("auto", description="auto: Lightning detects SLURM, torchrun and "

@@ -157,13 +157,15 @@ def _wait_for_a_later_event_file_name(folder: Path) -> None:
 
 
 def _plugins(cfg: RunConfig) -> list:
-    """Atomic checkpoint writes; the SLURM environment when asked for, or when SLURM is detected and requeueing
-    is off (Lightning's own detection would requeue: its SLURMEnvironment's default)."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    """Atomic checkpoint writes; the SLURM environment when asked for, or when requeueing is off and Lightning's
+    own detection would pick SLURM (its SLURMEnvironment requeues by default). Lightning looks for torchrun
+    before SLURM, so torchrun inside a SLURM allocation keeps its environment."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     plugins: list = [AtomicCheckpointIO()]
     tc = cfg.train
-    if tc.cluster == "slurm" or (not tc.slurm_requeue and SLURMEnvironment.detect()):
+    detected_slurm = SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+    if tc.cluster == "slurm" or (not tc.slurm_requeue and detected_slurm):
         plugins.append(SLURMEnvironment(auto_requeue=tc.slurm_requeue))
     return plugins
 
