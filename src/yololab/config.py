@@ -298,8 +298,11 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
 
 
 def _reject_non_finite(values: dict[str, Any], where: str, prefix: str = "") -> None:
-    """ConfigError for the first NaN or infinite number: no field of a run means anything with one."""
+    """ConfigError for the first NaN or infinite number: no field of a run means anything with one. The loss
+    section is checked, not loss_overrides, its derived copy: the error names the field the user set."""
     for key, value in values.items():
+        if not prefix and key == LOSS_OVERRIDES:
+            continue
         if isinstance(value, dict):
             _reject_non_finite(value, where, f"{prefix}{key}.")
         elif isinstance(value, float) and not math.isfinite(value):
