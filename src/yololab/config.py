@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from yololab.data.augment_config import AugmentConfig
 from yololab.diagnostics.config import DiagnosticsConfig
@@ -60,7 +60,12 @@ class ModelConfig(_Strict):
     """The network."""
 
     cfg: str = Field("yolov3-tiny-3l-small", description="darknet cfg: a path, or the name of a packaged cfg.")
-    weights: str | None = Field(None, description="Optional darknet .weights to start from.")
+    weights: str | None = Field(
+        None, description="Weights a new run starts from: a darknet .weights file (or a prefix such as "
+        "darknet53.conv.74), a yololab checkpoint (.ckpt), or a run folder (its best.ckpt, else last.ckpt). Taken "
+        "where the layers match: heads of another class count are re-initialised, a 3-channel first convolution "
+        "is summed over RGB for a 1-channel cfg, any other difference is an error. Weights only: the optimiser, "
+        "epoch and schedule start anew (--resume continues a run).")
 
 
 class OptimConfig(_Strict):
@@ -81,6 +86,14 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(30, gt=0, description="Epochs to train (`yololab train --epochs`).")
     seed: int = Field(0, description="Seed of weights, data order and augmentation: same seed, same run.")
+    freeze: Literal["backbone"] | StrictInt | None = Field(
+        None, description="Freeze the first layers (transfer learning from model.weights): `backbone`, or N for "
+        "darknet layers 0..N-1 (N >= 1). The backbone ends at the last [shortcut] before the first [yolo] (darknet-53: "
+        "layers 0-74), or without one at the last [maxpool] before it (tiny cfgs: 0-11) (model/freeze.py). "
+        "Frozen layers get no gradient, update or weight decay, and their batch norms stay in eval mode: running "
+        "statistics frozen, also by precise BN.")
+    unfreeze_epoch: int | None = Field(None, gt=0, description="Unfreeze the train.freeze layers at the start of "
+                                       "this epoch (0-based); None keeps them frozen. One process only (not DDP).")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights for evaluation.")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="Decay of that average per optimiser step.")
     precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
@@ -126,6 +139,19 @@ class TrainConfig(_Strict):
         "(RUN/csv/metrics.csv), mlflow (pip install 'yololab[mlflow]'), wandb (pip install 'yololab[wandb]').")
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI (default: the file store RUN/mlruns).")
     wandb_project: str | None = Field(None, description="Weights & Biases project (default: the run's project).")
+
+    @model_validator(mode="after")
+    def _freeze_settings(self) -> TrainConfig:
+        if isinstance(self.freeze, int) and self.freeze < 1:
+            raise ValueError(f"train.freeze={self.freeze}: freeze N layers with N >= 1, or 'backbone'")
+        if self.unfreeze_epoch is not None and self.freeze is None:
+            raise ValueError("train.unfreeze_epoch needs train.freeze (the layers to unfreeze)")
+        several = (isinstance(self.devices, int) and self.devices > 1) or self.num_nodes > 1
+        if self.unfreeze_epoch is not None and several:
+            raise ValueError("train.unfreeze_epoch does not work with several processes (DDP averages the "
+                             "gradients of the parameters that needed them when it started): drop it or train "
+                             "on one device")
+        return self
 
 
 class RunConfig(_Strict):

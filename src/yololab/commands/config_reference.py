@@ -50,6 +50,8 @@ def type_text(annotation: object) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         return " | ".join(repr(a) for a in args)
+    if origin is Annotated:  # e.g. StrictInt: the type, without pydantic's constraints
+        return type_text(args[0])
     if origin in (Union, types.UnionType):
         return " | ".join(type_text(a) for a in args)
     if origin is not None:

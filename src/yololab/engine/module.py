@@ -106,6 +106,10 @@ class YoloModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
+        """SGD or AdamW over two groups (conv weights decayed; biases and BN not), with warm-up then cosine.
+        Every parameter is in a group, frozen ones (train.freeze) too: both optimisers skip a parameter whose
+        gradient is None, so a frozen one gets no update and no weight decay until it is unfrozen
+        (engine/freeze.py)."""
         oc = self.cfg.optim
         decay, no_decay = [], []
         for p in self.model.parameters():

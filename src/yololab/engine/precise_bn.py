@@ -35,8 +35,18 @@ from yololab.data import YoloDataset, collate
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The batch-norm layers of ``model`` that keep running statistics."""
+    """The batch-norm layers of ``model`` that keep running statistics and are trained: a frozen one (affine
+    parameters with requires_grad False, train.freeze) keeps its statistics, and is left out."""
+    return [m for m in _all_batch_norms(model) if not is_frozen(m)]
+
+
+def _all_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def is_frozen(norm: nn.modules.batchnorm._BatchNorm) -> bool:
+    """A batch norm frozen for transfer learning: its affine parameters need no gradient."""
+    return norm.affine and not norm.weight.requires_grad
 
 
 @contextmanager
@@ -56,8 +66,10 @@ def estimate_bn_statistics(model: nn.Module, batches: Iterable[Tensor]) -> int:
     ``batches``: images ``[B, C, H, W]`` already on the model's device and dtype. Batch norm runs in training
     mode (the rest of the model too; a Darknet has no dropout), with momentum None, which makes torch keep the
     cumulative average: after n batches, running_mean = mean of the n batch means, running_var = mean of the
-    n unbiased batch variances. No gradient is computed. Momentum and train/eval flags are restored; when no
-    batch came, the old statistics are kept. Returns the number of batches used.
+    n unbiased batch variances. Frozen batch norms (``is_frozen``) stay in eval mode: they normalise with their
+    own statistics, as in training and validation, and keep them bit for bit. No gradient is computed. Momentum
+    and train/eval flags are restored; when no batch came, the old statistics are kept. Returns the number of
+    batches used.
     """
     norms = batch_norms(model)
     if not norms:
@@ -70,6 +82,9 @@ def estimate_bn_statistics(model: nn.Module, batches: Iterable[Tensor]) -> int:
     # Lightning validates under inference mode; the buffers must stay ordinary tensors that training updates.
     with torch.inference_mode(False), torch.no_grad(), _modes_kept(model):
         model.train()
+        for frozen in _all_batch_norms(model):
+            if is_frozen(frozen):
+                frozen.eval()
         try:
             for images in batches:
                 model(images)

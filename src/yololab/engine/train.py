@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
@@ -32,15 +32,19 @@ from yololab.engine.checkpoint import (
     remove_stale_temporaries,
 )
 from yololab.engine.datamodule import YoloDataModule
+from yololab.engine.ema import LerpEMA
 from yololab.engine.epoch_time import EpochTimer
+from yololab.engine.freeze import FreezeSchedule
 from yololab.engine.interrupt import InterruptWatch, stopped_error
 from yololab.engine.metrics_log import MetricsJsonl, drop_rows_from, read_metrics, restore_rows
 from yololab.engine.module import YoloModule
 from yololab.engine.precise_bn import PreciseBatchNorm
 from yololab.engine.progress import PlainProgress
 from yololab.engine.quiet import quiet_lightning
-from yololab.model import load_darknet_weights, net_section, parse_cfg
+from yololab.engine.transfer import load_start_weights
+from yololab.model import net_section, parse_cfg
 from yololab.model.build import read_cfg_text, resolve_cfg
+from yololab.model.freeze import FreezeError, frozen_layer_count
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
@@ -75,13 +79,14 @@ def _callbacks(cfg: RunConfig, progress: str, resume: bool) -> list[L.Callback]:
     ckpt_dir = cfg.run_dir / "checkpoints"
     # EMA swaps its weights in at the validation-epoch start; precise BN then estimates the statistics of the
     # weights validated, before the checkpoints below save them (engine/precise_bn.py).
-    ema = [EMAWeightAveraging(decay=cfg.train.ema_decay)] if cfg.train.ema else []
+    ema = [LerpEMA(cfg.train.ema_decay)] if cfg.train.ema else []  # a frozen layer's average stays its value
+    freeze = [FreezeSchedule(cfg.train.freeze, cfg.train.unfreeze_epoch)] if cfg.train.freeze is not None else []
     precise_bn = PreciseBatchNorm(cfg.train.precise_bn_batches) if cfg.train.precise_bn_batches else None
     timer = EpochTimer(cfg.run_dir / "metrics.jsonl", precise_bn)
     start, diagnostics_start, write_times = timer.callbacks()
     callbacks: list[L.Callback] = [
         InterruptWatch(),  # first: it records an interruption before any other callback's on_exception runs
-        start, *ema, *([precise_bn] if precise_bn else []),
+        *freeze, start, *ema, *([precise_bn] if precise_bn else []),
         *([BatchNormCheck()] if cfg.train.bn_check else []),
         # last.ckpt at every epoch end, whatever the validation schedule, written before the epoch's metrics
         # rows, the doctor and the report (MetricsJsonl saves it): a kill never leaves metrics ahead of it.
@@ -266,12 +271,22 @@ def _write_anchor_fit(fit: dict | None, path: Path) -> None:
                    f"({path})")
 
 
-def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
-    """A fresh YoloModule for ``cfg``, starting from darknet weights when the config names some."""
+def make_module(cfg: RunConfig, names: list[str], start_weights: bool = True) -> YoloModule:
+    """A fresh YoloModule for ``cfg``, starting from ``model.weights`` when the config names some and
+    ``start_weights`` (a resumed run takes its weights from its checkpoint instead): one info line says what was
+    loaded and what re-initialised (engine/transfer.py)."""
     module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names)
-    if cfg.model.weights:
-        load_darknet_weights(module.model, cfg.model.weights)
+    if cfg.model.weights and start_weights:
+        rank_zero_info(load_start_weights(module.model, cfg.model.weights))
     return module
+
+
+def _check_freeze(cfg: RunConfig, module: YoloModule) -> None:
+    """train.freeze must name layers of the cfg and leave a head to train: one-line ConfigError otherwise."""
+    try:
+        frozen_layer_count(module.model, cfg.train.freeze)
+    except FreezeError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _say_early_stop(trainer: L.Trainer) -> None:
@@ -351,8 +366,9 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     _check_splits(spec)
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
-    module = make_module(cfg, spec.names)
+    module = make_module(cfg, spec.names, start_weights=not resume)
     _check_input_size(cfg, module)
+    _check_freeze(cfg, module)
     resumed = load_checkpoint_file(last) if resume else None
     if resumed is not None:
         check_weights_fit(resumed, module, last)

@@ -76,6 +76,19 @@ class ConvLayer(nn.Module):
         self.activation = activation
         self.sources = [-1]
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the layer is frozen (transfer learning, ``model/freeze.py``): its parameters need no gradient."""
+        return not any(p.requires_grad for p in self.parameters())
+
+    def train(self, mode: bool = True) -> ConvLayer:
+        """As ``nn.Module.train``, except that a frozen layer keeps its batch norm in eval mode: it normalises
+        with its running statistics and never updates them (the usual practice of transfer learning)."""
+        super().train(mode)
+        if mode and self.bn is not None and self.frozen:
+            self.bn.eval()
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         if self.bn is not None:
