@@ -10,10 +10,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torch.optim.swa_utils import get_ema_avg_fn
 
 from run_fixtures import untrained_run
 from yololab.config import ConfigError, build_config
 from yololab.data import make_digits
+from yololab.engine.ema import LerpEMA
 from yololab.engine.module import optimizer_settings
 from yololab.engine.precise_bn import estimate_bn_statistics
 from yololab.engine.train import make_module, train
@@ -303,3 +305,20 @@ def test_freeze_backbone_unfreeze_and_resume_on_each_side(tmp_path, caplog):
     # Resumed after it: unfrozen from the start.
     third = run(3, resume=True)
     assert third.trainable == (total, total)
+
+
+def test_missing_sources_and_the_lerp_ema(tmp_path):
+    model = Darknet.from_cfg(_micro(3))
+    with pytest.raises(FileNotFoundError, match="neither a file nor a run folder"):
+        load_start_weights(model, tmp_path / "missing.ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no checkpoints/best\.ckpt"):
+        load_start_weights(model, tmp_path / "empty")
+    # the EMA's average of an unchanged weight stays that weight; Lightning's default formula moves it
+    ema = LerpEMA(0.999)
+    assert set(ema._kwargs) == {"multi_avg_fn"} and ema.state_key == "EMAWeightAveraging"
+    weights = torch.randn(10_000)
+    lerp = [weights.clone()]
+    ema._kwargs["multi_avg_fn"](lerp, [weights], 1)
+    assert torch.equal(lerp[0], weights)
+    assert not torch.equal(get_ema_avg_fn(0.999)(weights.clone(), weights, 1), weights)
