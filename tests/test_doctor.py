@@ -246,7 +246,7 @@ def test_false_positives_below_the_limit_or_below_the_confidence_are_quiet():
 
 
 @pytest.mark.parametrize(("box_loss", "changes"), [("mse", {"loss.box_loss": "giou"}),
-                                                   ("giou", {"model.cfg": "NEW.cfg"})])
+                                                   ("giou", {"model.autoanchor": True})])
 def test_lagging_scale_iou(box_loss, changes):
     rows = healthy_rows()
     set_values(rows, "val", "stat/iou/s2", {e: 0.15 + 0.005 * e for e in range(EPOCHS)})
@@ -396,8 +396,8 @@ def test_anchor_advice_depends_on_what_kmeans_reaches():
                                 {"area_ratio": 4.5, "aspect_ratio": 1.0}]}
     better = diagnose(healthy_rows(), {**fit, "kmeans": {"mean_best_iou": 0.80, "bpr_iou50": 0.9}})
     assert [(f.rule, f.severity, f.changes) for f in better] == [
-        ("anchors_low_recall", "warning", {"model.cfg": "NEW.cfg"}),
-        ("anchors_spread", "warning", {"model.cfg": "NEW.cfg"})]
+        ("anchors_low_recall", "warning", {"model.autoanchor": True}),
+        ("anchors_spread", "warning", {"model.autoanchor": True})]
     assert better[0].message == ("The anchors do not fit the boxes: best possible recall 0.700 at shape IoU > 0.5 "
                                  "and 1.000 within the size-ratio limit (shares of the truths with an anchor that "
                                  "close).")
