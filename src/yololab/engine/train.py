@@ -282,8 +282,9 @@ def _probe_module(cfg: RunConfig, names: list[str]) -> YoloModule:
     before the data is validated: no memory, no random draws, no weights read. Head priors and darknet weights
     are left to the module that trains."""
     model = cfg.model.model_copy(update={"weights": None, "head_prior": "none"})
+    config, text = cfg.model_copy(update={"model": model}).model_dump(mode="json"), _cfg_text(cfg)
     with torch.device("meta"):
-        return YoloModule(cfg.model_copy(update={"model": model}).model_dump(mode="json"), _cfg_text(cfg), names)
+        return YoloModule(config, text, names)
 
 
 def _resumed_anchors(cfg: RunConfig, resumed: dict, path: Path) -> RunConfig:
