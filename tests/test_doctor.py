@@ -246,7 +246,7 @@ def test_false_positives_below_the_limit_or_below_the_confidence_are_quiet():
 
 
 @pytest.mark.parametrize(("box_loss", "changes"), [("mse", {"loss.box_loss": "giou"}),
-                                                   ("giou", {"model.cfg": "NEW.cfg"})])
+                                                   ("giou", {"model.autoanchor": True})])
 def test_lagging_scale_iou(box_loss, changes):
     rows = healthy_rows()
     set_values(rows, "val", "stat/iou/s2", {e: 0.15 + 0.005 * e for e in range(EPOCHS)})
@@ -396,8 +396,8 @@ def test_anchor_advice_depends_on_what_kmeans_reaches():
                                 {"area_ratio": 4.5, "aspect_ratio": 1.0}]}
     better = diagnose(healthy_rows(), {**fit, "kmeans": {"mean_best_iou": 0.80, "bpr_iou50": 0.9}})
     assert [(f.rule, f.severity, f.changes) for f in better] == [
-        ("anchors_low_recall", "warning", {"model.cfg": "NEW.cfg"}),
-        ("anchors_spread", "warning", {"model.cfg": "NEW.cfg"})]
+        ("anchors_low_recall", "warning", {"model.autoanchor": True}),
+        ("anchors_spread", "warning", {"model.autoanchor": True})]
     assert better[0].message == ("The anchors do not fit the boxes: best possible recall 0.700 at shape IoU > 0.5 "
                                  "and 1.000 within the size-ratio limit (shares of the truths with an anchor that "
                                  "close).")
@@ -406,6 +406,44 @@ def test_anchor_advice_depends_on_what_kmeans_reaches():
         ("anchors_low_recall", "warning", {}), ("anchors_spread", "info", {})]
     assert "9 anchors" in same[0].message and "more anchors per scale" in same[0].suggestion
     assert same[1].numbers["kmeans_mean_best_iou"] == 0.745
+
+
+KMEANS_PER_SCALE = [[[30.0, 40.0]] * 3, [[15.0, 20.0]] * 3, [[5.0, 6.0]] * 3]
+
+
+def _recorded(reason: str, pinned: bool = False, enabled: bool = True) -> dict:
+    """anchor_fit.json of poorly fitting anchors (k-means: mean best IoU 0.74 -> 0.80) with autoanchor's record."""
+    fitted = {"anchors": KMEANS_PER_SCALE, "bpr_ratio": 0.99, "bpr_iou50": 0.9, "mean_best_iou": 0.80}
+    return {**HEALTHY_FIT, "bpr_ratio": 0.9, "kmeans": {"mean_best_iou": 0.80, "bpr_iou50": 0.9},
+            "autoanchor": {"enabled": enabled, "pinned": pinned, "threshold": 0.98, "applied": reason == "applied",
+                           "reason": reason, "fitted": fitted}}
+
+
+@pytest.mark.parametrize(("record", "changes", "said"), [
+    (_recorded("pinned", pinned=True), {"model.anchors": None}, "drop model.anchors (--set model.anchors=null)"),
+    (_recorded("off", enabled=False), {"model.autoanchor": True}, "--set model.autoanchor=true"),
+    (_recorded("pinned", pinned=True, enabled=False), {"model.anchors": None, "model.autoanchor": True},
+     "drop model.anchors (--set model.anchors=null) and --set model.autoanchor=true"),
+    (_recorded("fits"), {"model.anchors": KMEANS_PER_SCALE}, "--set 'model.anchors=[[[30.0, 40.0]"),
+])
+def test_anchor_advice_follows_what_autoanchor_did(record, changes, said):
+    """Anchors kept because they were pinned or autoanchor was off: let autoanchor fit them. Kept although
+    autoanchor was free to fit (their ratio recall passed its threshold): the recorded k-means anchors."""
+    found = only(diagnose(healthy_rows(), record), "anchors_low_recall")
+    assert [f.changes for f in found] == [changes]
+    assert said in found[0].suggestion and "NEW.cfg" not in found[0].suggestion
+
+
+def test_no_refit_advice_once_autoanchor_applied_the_fit():
+    """After autoanchor the anchors are the k-means ones: low recall is the data's, nothing to re-fit."""
+    applied = {**_recorded("applied"), "mean_best_iou": 0.80}
+    found = diagnose(healthy_rows(), applied)
+    assert [(f.rule, f.changes) for f in found] == [("anchors_low_recall", {})]
+    assert "more anchors per scale" in found[0].suggestion
+    rows = healthy_rows()
+    set_values(rows, "val", "stat/iou/s2", {e: 0.15 + 0.005 * e for e in range(EPOCHS)})
+    lagging = only(diagnose(rows, applied, loss={"box_loss": "giou"}), "lagging_scale_iou")
+    assert lagging[0].changes == {} and "re-fit" not in lagging[0].suggestion.lower()
 
 
 def test_scale_without_truths_from_n_pos_when_no_anchor_fit():
@@ -630,3 +668,17 @@ def test_cli_in_an_80_column_terminal_folds_the_change(tmp_path, monkeypatch):
     assert "…" not in result.output
     last_cells = "".join(line.split("│")[-2].strip() for line in result.output.splitlines() if line.count("│") == 6)
     assert last_cells.replace(" ", "").endswith("--setloss.box_loss=giou")  # cells wrap at spaces, fold in words
+
+
+def test_anchor_changes_are_suggestions_a_study_can_try():
+    """`doctor --try` builds a config from each finding's changes: null anchors and anchor lists included."""
+    from yololab.config import build_config
+    from yololab.diagnostics.doctor import Finding
+    from yololab.study.suggestions import suggestion_levels
+
+    findings = [Finding("anchors_low_recall", "warning", "m", "s", changes={"model.anchors": None,
+                                                                           "model.autoanchor": True}),
+                Finding("anchors_spread", "warning", "m", "s", changes={"model.anchors": KMEANS_PER_SCALE})]
+    pinned = build_config({}, [f"model.anchors={json.dumps(KMEANS_PER_SCALE)}"]).model_dump(mode="json")
+    levels, skipped = suggestion_levels(findings, pinned)
+    assert skipped == [] and [level["set"] for level in levels] == [f.changes for f in findings]

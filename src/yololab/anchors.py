@@ -16,6 +16,7 @@ anchors of one scale are spread.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,10 @@ BPR_IOU = 0.5
 # the anchor's by more than this factor. The loss's ratio rule and this fit share one default.
 DEFAULT_ANCHOR_T = LossConfig.model_fields["anchor_t"].default
 KMEANS_SUMMARY = ("mean_best_iou", "bpr_iou50", "bpr_ratio")  # what anchor_fit_report keeps of the k-means fit
+KMEANS_SEED = 0  # anchor_fit_report's k-means seed (autoanchor takes the run's train.seed)
+# Autoanchor's anchors are rounded to 0.01 input pixels, far below any box's size, so that config.yaml and the
+# cfg text hold them as short decimals and the model built from either has the very anchors that were fitted.
+ANCHOR_DECIMALS = 2
 PLOT_MAX_POINTS = 20_000  # boxes drawn in the scatter plot; a seeded sample above this
 PLOT_SEED = 0
 
@@ -277,9 +282,19 @@ def _per_scale_fit(sets: list[Tensor], best: Tensor, best_iou: Tensor, within: T
 # --------------------------------------------------------------------------------------------- data
 
 
-def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 416,
-                      boxes_outside: BoxPolicy = "refuse") -> Tensor:
-    """Box sizes of a split in network-input pixels after the letterbox to ``img_size``: float32 [N, 2].
+@dataclass(frozen=True)
+class BoxSet:
+    """The boxes of a split: ``wh [N, 2]`` float32 sizes in network-input pixels (after the letterbox),
+    ``classes [N]`` int64 class indices, ``n_images`` the images of the split (background images included)."""
+
+    wh: Tensor
+    classes: Tensor
+    n_images: int
+
+
+def collect_boxes(spec_or_data_yaml, split: str = "train", img_size: int = 416,
+                  boxes_outside: BoxPolicy = "refuse") -> BoxSet:
+    """The boxes of a split, their sizes in network-input pixels after the letterbox to ``img_size``.
 
     A box of normalised width ``w`` in an ``H x W`` image is ``w * W * scale`` pixels wide with
     ``scale = img_size / max(H, W)`` (the letterbox's scale), its height alike. Images are read for
@@ -289,7 +304,7 @@ def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 4
     spec = spec_or_data_yaml if isinstance(spec_or_data_yaml, DataSpec) else load_data_yaml(spec_or_data_yaml)
     if split not in spec.splits:
         raise DataError(spec.yaml_path, None, f"no {split!r} split (has {', '.join(spec.splits)})")
-    sizes = []
+    sizes, classes = [], []
     for image in spec.splits[split]:
         labels = read_label_file(label_path(image), spec.num_classes, boxes_outside)  # [M, 5] class cx cy w h
         if not len(labels):
@@ -300,9 +315,18 @@ def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 4
         scale = letterbox_info(size, (img_size, img_size)).scale
         h, w = size
         sizes.append(labels[:, 3:5].astype(np.float64) * np.array([w, h]) * scale)
+        classes.append(labels[:, 0].astype(np.int64))
+    n_images = len(spec.splits[split])
     if not sizes:
-        return torch.zeros(0, 2)
-    return torch.from_numpy(np.concatenate(sizes)).float()
+        return BoxSet(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), n_images)
+    return BoxSet(torch.from_numpy(np.concatenate(sizes)).float(), torch.from_numpy(np.concatenate(classes)), n_images)
+
+
+def collect_box_sizes(spec_or_data_yaml, split: str = "train", img_size: int = 416,
+                      boxes_outside: BoxPolicy = "refuse") -> Tensor:
+    """Box sizes of a split in network-input pixels after the letterbox to ``img_size``: float32 [N, 2]
+    (``collect_boxes(...).wh``)."""
+    return collect_boxes(spec_or_data_yaml, split, img_size, boxes_outside).wh
 
 
 def anchor_fit_report(data_yaml, anchors_per_scale, strides: Sequence[int], img_size: int,
@@ -316,9 +340,105 @@ def anchor_fit_report(data_yaml, anchors_per_scale, strides: Sequence[int], img_
     wh = collect_box_sizes(data_yaml, "train", img_size, boxes_outside)
     anchors = [torch.as_tensor(a) for a in anchors_per_scale]
     fit = anchor_fit(wh, anchors, strides, anchor_t)
-    proposed = anchor_fit(wh, kmeans_anchors(wh, sum(len(a) for a in anchors)), anchor_t=anchor_t)
+    proposed = anchor_fit(wh, kmeans_anchors(wh, sum(len(a) for a in anchors), KMEANS_SEED), anchor_t=anchor_t)
     kmeans = {key: proposed[key] for key in KMEANS_SUMMARY}
     return {"data": str(data_yaml), "split": "train", "img_size": int(img_size), **fit, "kmeans": kmeans}
+
+
+# --------------------------------------------------------------------------------------------- autoanchor
+
+# Why autoanchor kept or replaced the anchors (anchor_fit.json "autoanchor" / "reason").
+FITS = "fits"  # best possible recall at or above the threshold: nothing to do
+APPLIED = "applied"  # k-means anchors fit better and replace the configured ones
+NOT_BETTER = "kmeans_not_better"  # under the threshold, but k-means anchors do not fit better
+PINNED = "pinned"  # under the threshold, k-means fits better, but model.anchors were given
+OFF = "off"  # under the threshold, k-means fits better, but model.autoanchor is false
+NO_KMEANS = "kmeans_failed"  # under the threshold and k-means could not run (too few distinct boxes ...)
+FIT_SUMMARY = ("bpr_ratio", "bpr_iou50", "mean_best_iou")  # what the autoanchor record keeps of each fit
+
+
+@dataclass
+class AutoAnchor:
+    """What ``autoanchor`` decided. ``anchors``: per scale (cfg order) the ``[A, 2]`` pixel anchors to train
+    with; ``fit``: ``anchor_fit`` of those; ``configured`` / ``fitted``: the fits of the configured and the
+    k-means anchors (``fitted`` None when k-means could not run, ``kmeans_error`` then says why)."""
+
+    anchors: list[Tensor]
+    applied: bool
+    reason: str
+    configured: dict
+    fitted: dict | None
+    threshold: float
+    enabled: bool
+    pinned: bool
+    seed: int
+    kmeans_error: str | None = None
+
+    @property
+    def fit(self) -> dict:
+        return self.fitted if self.applied else self.configured
+
+    def record(self) -> dict:
+        """The ``autoanchor`` entry of anchor_fit.json: settings, decision, and both anchor sets per scale with
+        their best possible recall and mean best IoU."""
+        def summary(fit: dict | None) -> dict | None:
+            if fit is None:
+                return None
+            return {"anchors": fit["anchors_per_scale"], **{key: fit[key] for key in FIT_SUMMARY}}
+
+        return {"enabled": self.enabled, "pinned": self.pinned, "threshold": self.threshold, "seed": self.seed,
+                "applied": self.applied, "reason": self.reason, "configured": summary(self.configured),
+                "fitted": summary(self.fitted), "kmeans_error": self.kmeans_error}
+
+
+def fits_better(new: dict, old: dict) -> bool:
+    """``new`` fits better than ``old`` (two ``anchor_fit`` dicts): a higher best possible recall under the
+    ratio rule, or the same one and a higher mean best IoU."""
+    return (new["bpr_ratio"], new["mean_best_iou"]) > (old["bpr_ratio"], old["mean_best_iou"])
+
+
+def autoanchor(wh, anchors_per_scale, strides: Sequence[int], anchor_t: float, threshold: float, *,
+               enabled: bool = True, pinned: bool = False, seed: int = 0) -> AutoAnchor:
+    """Keep or replace the configured anchors, as ultralytics' check_anchors does at train start.
+
+    ``wh [N, 2]`` box sizes (input pixels), ``anchors_per_scale`` one ``[A, 2]`` set per [yolo] in cfg order,
+    ``strides`` per [yolo], ``threshold`` ``model.autoanchor_bpr`` (ultralytics: 0.98). Steps: (1) the best
+    possible recall of the configured anchors under the size-ratio rule (``anchor_fit``'s ``bpr_ratio`` with
+    ``anchor_t``); (2) k-means anchors (``kmeans_anchors``, as many as configured, ``seed``), split over the
+    scales by area (``group_per_scale`` with ``strides``) and rounded to ``ANCHOR_DECIMALS``; (3) they replace
+    the configured ones only when the recall is under ``threshold``, they fit better (``fits_better``), the
+    anchors are not ``pinned`` (given explicitly) and autoanchor is ``enabled``. k-means runs in every case,
+    so that the record shows what re-fitting would reach. Raises AnchorError for
+    no boxes.
+    """
+    sets = [torch.as_tensor(a, dtype=torch.float32).reshape(-1, 2) for a in anchors_per_scale]
+    configured = _fit_per_scale(wh, sets, strides, anchor_t)
+    fitted_sets, fitted, error = None, None, None
+    try:
+        if len({len(a) for a in sets}) > 1:
+            raise AnchorError(f"the [yolo] layers hold different anchor counts ({[len(a) for a in sets]}): "
+                              "k-means anchors are split evenly over the scales")
+        fitted_sets = [a.double().round(decimals=ANCHOR_DECIMALS) for a in
+                       group_per_scale(kmeans_anchors(wh, sum(len(a) for a in sets), seed), len(sets), strides)]
+        fitted = _fit_per_scale(wh, fitted_sets, strides, anchor_t)
+    except AnchorError as err:
+        error = str(err)
+    if configured["bpr_ratio"] >= threshold:
+        reason = FITS
+    elif fitted is None:
+        reason = NO_KMEANS
+    elif not fits_better(fitted, configured):
+        reason = NOT_BETTER
+    else:
+        reason = PINNED if pinned else OFF if not enabled else APPLIED
+    applied = reason == APPLIED
+    return AutoAnchor(fitted_sets if applied else sets, applied, reason, configured, fitted, float(threshold),
+                      enabled, pinned, seed, error)
+
+
+def _fit_per_scale(wh, sets: list[Tensor], strides: Sequence[int], anchor_t: float) -> dict:
+    """``anchor_fit`` with ``anchors_per_scale`` (the anchors as per-scale lists) added."""
+    return {**anchor_fit(wh, sets, strides, anchor_t), "anchors_per_scale": [a.tolist() for a in sets]}
 
 
 # --------------------------------------------------------------------------------------------- plot

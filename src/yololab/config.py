@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from yololab.data.augment_config import AugmentConfig
 from yololab.diagnostics.config import DiagnosticsConfig
@@ -56,6 +56,11 @@ class DataConfig(_Strict):
                                    description="Training-split augmentation (albumentations; data/augment.py).")
 
 
+# ultralytics' check_anchors (utils/autoanchor.py) re-fits the anchors when their best possible recall under
+# the size-ratio rule is below 0.98.
+AUTOANCHOR_BPR = 0.98
+
+
 class ModelConfig(_Strict):
     """The network."""
 
@@ -66,6 +71,38 @@ class ModelConfig(_Strict):
         "where the layers match: heads of another class count are re-initialised, a 3-channel first convolution "
         "is summed over RGB for a 1-channel cfg, any other difference is an error. Weights only: the optimiser, "
         "epoch and schedule start anew (--resume continues a run).")
+    anchors: list[list[list[float]]] | None = Field(
+        None, description="Anchors in network-input pixels, one list of [w, h] pairs per [yolo] layer in cfg order, "
+        "e.g. [[[81,82],[135,169],[344,319]],[[10,14],[23,27],[37,58]]]; None = the cfg's. Given, they are "
+        "used as they are (autoanchor never replaces them); a run whose anchors autoanchor fitted records them "
+        "here, so its config.yaml repeats it.")
+    autoanchor: bool = Field(
+        True, description="At the start of a new run, when the anchors' best possible recall on the training boxes "
+        "(share of boxes with an anchor within a size ratio of loss.anchor_t) is below model.autoanchor_bpr, fit "
+        "k-means anchors (1 - IoU, seeded by train.seed) and train with them if they fit better (ultralytics' "
+        "autoanchor). Never with model.anchors given, never on a resume; anchor_fit.json records what was done.")
+    autoanchor_bpr: float = Field(
+        AUTOANCHOR_BPR, ge=0, le=1, description="Best possible recall below which autoanchor fits anchors "
+        "(ultralytics' check_anchors threshold, 0.98).")
+    head_prior: Literal["labels", "ultralytics", "none"] = Field(
+        "ultralytics", description="Initial objectness and class biases of a new model's heads (model/priors.py): "
+        "ultralytics = YOLOv5's constants (objectness log(8 / (640 / stride)^2), classes "
+        "log(0.6 / (classes - 0.99))); labels = measured on the training labels (per scale logit of the share of "
+        "predictions responsible for a box, per class logit of its share of the boxes); none = zero biases "
+        "(darknet's, objectness 0.5 everywhere).")
+
+    @field_validator("anchors")
+    @classmethod
+    def _positive_pairs(cls, anchors: list[list[list[float]]] | None) -> list[list[list[float]]] | None:
+        if anchors is None:
+            return None
+        if not anchors or any(not scale for scale in anchors):
+            raise ValueError("model.anchors needs at least one [w, h] pair per [yolo] layer")
+        for s, scale in enumerate(anchors):
+            for pair in scale:
+                if len(pair) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
+                    raise ValueError(f"model.anchors: scale {s} holds {pair}, not a positive [w, h] pair")
+        return anchors
 
 
 class OptimConfig(_Strict):

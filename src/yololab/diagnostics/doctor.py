@@ -35,6 +35,10 @@ from yololab.diagnostics.runfiles import (
 )
 from yololab.errors import FileProblem
 
+# anchor_fit.json's autoanchor reasons for keeping anchors that k-means beats (yololab.anchors.PINNED, OFF).
+AUTOANCHOR_WITHHELD = ("pinned", "off")
+AUTOANCHOR_TEXT = ("autoanchor then trains with k-means anchors when the anchors' best possible recall is under "
+                   "model.autoanchor_bpr and k-means fits better")
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
@@ -428,15 +432,16 @@ def rule_lagging_scale_iou(ctx: Context) -> list[Finding]:
         if last >= c.lagging_iou or last - first >= c.iou_gain_min or not [o for o in improving if o != s]:
             continue
         mse = ctx.loss.get("box_loss") == "mse"
+        anchors = _anchor_advice(ctx.anchor_fit or {})
         out.append(Finding(
             "lagging_scale_iou", "warning", scale=s, term="box", first_epoch=first_epoch,
             numbers={"iou_first": first, "iou_last": last, "improving_scales": improving},
             message=f"At scale {s} the IoU of responsible predictions stays low ({first:.3g} -> {last:.3g}) "
                     f"while scale(s) {', '.join(map(str, improving))} improve.",
             suggestion="Use an IoU-family box loss (GIoU) for this scale's small boxes." if mse else
-                       "Check this scale's anchors: run `yololab anchors DATA --cfg CFG --write-cfg NEW.cfg` "
-                       "and train with the new cfg.",
-            changes={"loss.box_loss": "giou"} if mse else {"model.cfg": "NEW.cfg"},
+                       f"Check this scale's anchors (anchor_fit.json). {anchors[0]}" if anchors else
+                       "Check this scale's boxes: its anchors are the ones k-means fitted to them (anchor_fit.json).",
+            changes={"loss.box_loss": "giou"} if mse else anchors[1] if anchors else {},
         ))
     return out
 
@@ -576,14 +581,15 @@ def rule_anchor_fit(ctx: Context) -> list[Finding]:
 
     When ``anchor_fit.json`` holds the k-means fit (``kmeans``) and it is no better than the configured
     anchors, re-fitting cannot help: low recall then says the boxes vary more than the anchors can cover, and
-    a wide spread is the data's own (info only).
+    a wide spread is the data's own (info only). Nor can it when autoanchor already trained with the k-means
+    anchors. Otherwise the advice is how to train with fitted anchors (``_anchor_advice``).
     """
     c, fit, out = ctx.cfg, ctx.anchor_fit or {}, []
-    anchors_change = {"model.cfg": "NEW.cfg"}
-    anchors_advice = "Re-fit the anchors: `yololab anchors DATA --cfg CFG --write-cfg NEW.cfg`, then train with it."
+    advice = _anchor_advice(fit)
+    anchors_advice, anchors_change = advice or ("", {})
     kmeans = fit.get("kmeans") or {}
     refit_gain = kmeans.get("mean_best_iou", math.inf) - fit.get("mean_best_iou", 0.0)
-    refit_helps = refit_gain >= c.refit_gain
+    refit_helps = refit_gain >= c.refit_gain and advice is not None
     kmeans_numbers = {f"kmeans_{k}": v for k, v in kmeans.items()}
     bpr = {k: fit[k] for k in ("bpr_ratio", "bpr_iou50") if fit.get(k) is not None}
     bpr_text = _bpr_text(bpr, fit.get("anchor_t"))
@@ -613,7 +619,39 @@ def rule_anchor_fit(ctx: Context) -> list[Finding]:
                     message=message + ", as the k-means anchors of this data do: the spread is the data's.",
                     suggestion="Nothing to change unless this scale's IoU lags (see lagging_scale_iou).")
             out.append(finding)
-    return out + _scales_without_truths(ctx, anchors_change)
+    return out + _scales_without_truths(ctx, advice)
+
+
+def _anchor_advice(fit: dict) -> tuple[str, dict] | None:
+    """How to train with anchors fitted to the data, from anchor_fit.json's ``autoanchor`` record: (suggestion,
+    changes), or None when the run already trained with the k-means anchors (autoanchor applied them).
+
+    Anchors kept because they were pinned (``model.anchors``) or autoanchor was off: let autoanchor fit them.
+    Kept because their best possible recall passed ``model.autoanchor_bpr`` (the advice then comes from the
+    IoU recall or the spread): the k-means anchors the record holds, as ``model.anchors``. A run from before
+    autoanchor (no record): turn it on.
+    """
+    auto = fit.get("autoanchor")
+    if auto is None:
+        return (f"Let yololab fit the anchors at train start (--set model.autoanchor=true: {AUTOANCHOR_TEXT}).",
+                {"model.autoanchor": True})
+    if auto.get("applied"):
+        return None
+    if auto.get("reason") in AUTOANCHOR_WITHHELD:
+        steps, changes = [], {}
+        if auto.get("pinned"):
+            steps.append("drop model.anchors (--set model.anchors=null)")
+            changes["model.anchors"] = None
+        if not auto.get("enabled", True):
+            steps.append("--set model.autoanchor=true")
+            changes["model.autoanchor"] = True
+        return f"Let yololab fit the anchors at train start: {' and '.join(steps)} ({AUTOANCHOR_TEXT}).", changes
+    fitted = (auto.get("fitted") or {}).get("anchors")
+    if fitted is None:
+        return None
+    return (f"Train with the k-means anchors of anchor_fit.json (autoanchor kept these, as their best possible "
+            f"recall under the size-ratio rule reached model.autoanchor_bpr): --set "
+            f"'model.anchors={json.dumps(fitted)}'.", {"model.anchors": fitted})
 
 
 def _bpr_text(bpr: dict, anchor_t: float | None) -> str:
@@ -628,7 +666,7 @@ def _bpr_text(bpr: dict, anchor_t: float | None) -> str:
     return " and ".join(said) + " (shares of the truths with an anchor that close)"
 
 
-def _scales_without_truths(ctx: Context, anchors_change: dict) -> list[Finding]:
+def _scales_without_truths(ctx: Context, advice: tuple[str, dict] | None) -> list[Finding]:
     """A scale given almost none of the truths. Read from the truths the loss assigned in training
     (``stat/n_pos``: whatever the preset's assignment, one truth may go to several anchors and scales); the
     anchor fit's best-anchor share only for a run without those rows."""
@@ -646,8 +684,9 @@ def _scales_without_truths(ctx: Context, anchors_change: dict) -> list[Finding]:
                                       for s, share in shares.items()}
     return [Finding("scale_without_truths", "warning", scale=s, numbers={"share": share, "source": source},
                     message=f"Scale {s} receives almost no truths ({said[s]}): its head learns nothing about objects.",
-                    suggestion="Re-fit the anchors to the data, or use a cfg with fewer scales.",
-                    changes=anchors_change)
+                    suggestion=f"{advice[0]} Or use a cfg with fewer scales." if advice else
+                    "The anchors were fitted to the data (autoanchor): use a cfg with fewer scales.",
+                    changes=advice[1] if advice else {})
             for s, share in shares.items() if share < c.min_scale_share]
 
 

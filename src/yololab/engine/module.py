@@ -25,6 +25,7 @@ from yololab.evaluate.runner import truths_in_pixels
 from yololab.loss import LossBreakdown, YoloLoss
 from yololab.model.build import build_model
 from yololab.model.coder import decode_outputs
+from yololab.model.priors import HeadPriors
 
 COUNT_STATS = ("n_pos", "n_ignored")  # per-batch counts, averaged over batches
 NEGATIVE_STATS = ("obj_neg", "obj_all")  # means over (non-responsible or all) predictions: weighted by images
@@ -36,14 +37,25 @@ ADAM_BETA2 = 0.999  # AdamW's second-moment decay (optim.momentum is its beta1)
 
 class YoloModule(L.LightningModule):
     """Lightning module. ``config`` is a RunConfig as a dict (so checkpoints are self-contained);
-    ``cfg_text`` the darknet cfg the model was built from; ``names`` the class names."""
+    ``cfg_text`` the darknet cfg the model was built from (with its anchors); ``names`` the class names;
+    ``head_priors`` the initial head biases measured on the training labels (``HeadPriors.as_dict()`` of
+    ``label_priors``), required when ``model.head_prior`` is labels and ignored otherwise."""
 
-    def __init__(self, config: dict[str, Any], cfg_text: str, names: list[str]):
+    def __init__(self, config: dict[str, Any], cfg_text: str, names: list[str],
+                 head_priors: dict[str, list[float]] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = RunConfig(**config)
         self.names = list(names)
-        self.model = build_model(cfg_text, num_classes=len(names), source=self.cfg.model.cfg)
+        mode = self.cfg.model.head_prior
+        if mode == "labels":
+            if head_priors is None:
+                raise ValueError("model.head_prior=labels needs the priors measured on the training labels "
+                                 "(head_priors; train computes them)")
+            priors: HeadPriors | str = HeadPriors(**head_priors)
+        else:
+            priors = mode
+        self.model = build_model(cfg_text, num_classes=len(names), source=self.cfg.model.cfg, head_priors=priors)
         self.loss = YoloLoss(self.cfg.loss, self.model.anchors, self.model.strides, len(names))
         self._dets: list[Tensor] = []
         self._truths: list[Tensor] = []

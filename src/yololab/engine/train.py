@@ -18,8 +18,20 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch import Tensor
 
-from yololab.anchors import AnchorError, anchor_fit_report
+from yololab.anchors import (
+    APPLIED,
+    KMEANS_SUMMARY,
+    NO_KMEANS,
+    NOT_BETTER,
+    OFF,
+    PINNED,
+    AnchorError,
+    BoxSet,
+    autoanchor,
+    collect_boxes,
+)
 from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import DataError, DataSpec, load_data_yaml
 from yololab.diagnostics.bn_check import BatchNormCheck
@@ -44,7 +56,9 @@ from yololab.engine.quiet import quiet_lightning
 from yololab.engine.transfer import load_start_weights
 from yololab.model import net_section, parse_cfg
 from yololab.model.build import read_cfg_text, resolve_cfg
+from yololab.model.darknet import yolo_anchors
 from yololab.model.freeze import FreezeError, frozen_layer_count
+from yololab.model.priors import label_priors
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
@@ -249,33 +263,23 @@ def _list_clipped(clipped: list[DataError], path: Path) -> None:
                    f"{path}:\n{shown}{more}")
 
 
-def _anchor_fit(cfg: RunConfig, spec: DataSpec, module: YoloModule) -> dict | None:
-    """How the configured anchors fit the training boxes (the doctor reads it); None when there is nothing
-    to fit. ``spec`` is the validated dataset (bad images already left out under the skip policy)."""
+def _cfg_text(cfg: RunConfig) -> str:
+    """The cfg text of the run: the cfg file with ``model.anchors`` written in when given (so that the text a
+    checkpoint stores builds the model it holds)."""
     try:
-        fit = anchor_fit_report(spec, module.model.anchors, module.model.strides, cfg.data.imgsz,
-                                cfg.loss.anchor_t, cfg.data.boxes_outside)
-    except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
-        rank_zero_info(f"anchor fit not computed: {err}")
-        return None
-    fit["data"] = str(cfg.data.data)
-    return fit
+        return read_cfg_text(cfg.model.cfg, cfg.model.anchors)
+    except ValueError as err:
+        raise ConfigError(f"model.anchors do not fit {cfg.model.cfg}: {err}") from None
 
 
-def _write_anchor_fit(fit: dict | None, path: Path) -> None:
-    if fit is None:
-        return
-    path.write_text(json.dumps(fit, indent=2))
-    rank_zero_info(f"anchor fit: mean best IoU {fit['mean_best_iou']:.3f}, best possible recall "
-                   f"{fit['bpr_iou50']:.3f} at IoU 0.5 and {fit['bpr_ratio']:.3f} at ratio < {fit['anchor_t']:g} "
-                   f"({path})")
-
-
-def make_module(cfg: RunConfig, names: list[str], start_weights: bool = True) -> YoloModule:
-    """A fresh YoloModule for ``cfg``, starting from ``model.weights`` when the config names some and
-    ``start_weights`` (a resumed run takes its weights from its checkpoint instead): one info line says what was
-    loaded and what re-initialised (engine/transfer.py)."""
-    module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names)
+def make_module(cfg: RunConfig, names: list[str], head_priors: dict[str, list[float]] | None = None,
+                start_weights: bool = True) -> YoloModule:
+    """A fresh YoloModule for ``cfg`` (with ``model.anchors`` when given), starting from ``model.weights`` when the
+    config names some and ``start_weights`` (a resumed run takes its weights from its checkpoint instead): one info
+    line says what was loaded and what re-initialised (engine/transfer.py). ``head_priors``
+    (``label_priors(...).as_dict()``) for ``model.head_prior=labels``; heads re-initialised because the weights
+    have another class count get the same priors."""
+    module = YoloModule(cfg.model_dump(mode="json"), _cfg_text(cfg), names, head_priors)
     if cfg.model.weights and start_weights:
         rank_zero_info(load_start_weights(module.model, cfg.model.weights))
     return module
@@ -287,6 +291,106 @@ def _check_freeze(cfg: RunConfig, module: YoloModule) -> None:
         frozen_layer_count(module.model, cfg.train.freeze)
     except FreezeError as err:
         raise ConfigError(str(err)) from None
+
+
+def _probe_module(cfg: RunConfig, names: list[str]) -> YoloModule:
+    """The run's module on the meta device, for its geometry (channels, strides, cfg anchors) and weight shapes
+    before the data is validated: no memory, no random draws, no weights read. Head priors and darknet weights
+    are left to the module that trains."""
+    model = cfg.model.model_copy(update={"weights": None, "head_prior": "none"})
+    config, text = cfg.model_copy(update={"model": model}).model_dump(mode="json"), _cfg_text(cfg)
+    with torch.device("meta"):
+        return YoloModule(config, text, names)
+
+
+def _resumed_anchors(cfg: RunConfig, resumed: dict, path: Path) -> RunConfig:
+    """A resumed run trains with the anchors its checkpoint was made with (``model.anchors`` of its config, e.g.
+    the ones autoanchor fitted), never re-fitted: taken from the checkpoint when ``cfg`` gives none; ConfigError
+    when ``cfg`` gives others."""
+    saved = resumed.get("hyper_parameters", {}).get("config", {}).get("model", {}).get("anchors")
+    if cfg.model.anchors is None:
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"anchors": saved})})
+    if cfg.model.anchors != saved:
+        raise ConfigError(f"{path} was trained with model.anchors={saved}: a resumed run keeps its anchors (drop "
+                          "--set model.anchors, or start a new run)")
+    return cfg
+
+
+def _anchors_and_priors(cfg: RunConfig, spec: DataSpec, probe: YoloModule,
+                        resumed: dict | None) -> tuple[RunConfig, dict | None, dict | None]:
+    """What a run reads from its training boxes, read once from the validated dataset ``spec``: for a new run,
+    autoanchor's decision (``cfg`` gains ``model.anchors`` when it applies a fit) and the anchor fit of
+    anchor_fit.json; with ``model.head_prior=labels``, the head priors (of the anchors trained with). Returns
+    (cfg, anchor fit or None, head priors or None). A resumed run keeps its anchors (no fit) and the priors its
+    checkpoint holds."""
+    labels = cfg.model.head_prior == "labels"
+    stored = resumed.get("hyper_parameters", {}).get("head_priors") if resumed is not None else None
+    if resumed is not None and (not labels or stored is not None):
+        return cfg, None, stored if labels else None
+    boxes = collect_boxes(spec, "train", cfg.data.imgsz, cfg.data.boxes_outside)
+    anchors = [torch.as_tensor(a) for a in yolo_anchors(probe.model.sections)]
+    fit = None
+    if resumed is None:
+        cfg, fit, anchors = _autoanchor(cfg, boxes, anchors, probe.model.strides)
+    priors = None
+    if labels:
+        priors = label_priors(boxes.wh, boxes.classes, boxes.n_images, anchors, probe.model.strides,
+                              cfg.data.imgsz, len(spec.names)).as_dict()
+    return cfg, fit, priors
+
+
+def _autoanchor(cfg: RunConfig, boxes: BoxSet, anchors: list[Tensor],
+                strides: list[int]) -> tuple[RunConfig, dict | None, list[Tensor]]:
+    """Autoanchor on the training boxes -> (cfg, the anchor_fit.json dict or None, the anchors to train with)."""
+    mc = cfg.model
+    try:
+        result = autoanchor(boxes.wh, anchors, strides, cfg.loss.anchor_t, mc.autoanchor_bpr,
+                            enabled=mc.autoanchor, pinned=mc.anchors is not None, seed=cfg.train.seed)
+    except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
+        rank_zero_info(f"anchor fit not computed: {err}")
+        return cfg, None, anchors
+    if result.applied:
+        cfg = cfg.model_copy(update={"model": mc.model_copy(update={"anchors": [a.tolist() for a in result.anchors]})})
+    fit = {"data": str(cfg.data.data), "split": "train", "img_size": int(cfg.data.imgsz), **result.fit}
+    if result.fitted is not None:
+        fit["kmeans"] = {key: result.fitted[key] for key in KMEANS_SUMMARY}
+    fit["autoanchor"] = result.record()
+    return cfg, fit, result.anchors
+
+
+def _write_anchor_fit(fit: dict | None, path: Path) -> None:
+    """anchor_fit.json and one line: the fit, or what autoanchor did and why."""
+    if fit is None:
+        return
+    path.write_text(json.dumps(fit, indent=2))
+    rank_zero_info(_anchor_line(fit, path))
+
+
+def _anchor_line(fit: dict, path: Path) -> str:
+    auto, t = fit["autoanchor"], fit["anchor_t"]
+    old, new = auto["configured"], auto["fitted"]
+
+    def numbers(of: dict) -> str:
+        return f"best possible recall {of['bpr_ratio']:.3f} (ratio < {t:g}), mean best IoU {of['mean_best_iou']:.3f}"
+
+    which = "the anchors of model.anchors" if auto["pinned"] else "the cfg's anchors"
+    poor = f"{which} fit the training boxes poorly ({numbers(old)}; under model.autoanchor_bpr={auto['threshold']:g})"
+    if auto["reason"] == APPLIED:
+        return (f"autoanchor: k-means anchors replace the cfg's: best possible recall {old['bpr_ratio']:.3f} -> "
+                f"{new['bpr_ratio']:.3f} (ratio < {t:g}), mean best IoU {old['mean_best_iou']:.3f} -> "
+                f"{new['mean_best_iou']:.3f}; config.yaml holds them as model.anchors ({path})")
+    if auto["reason"] == PINNED:
+        return (f"anchor fit: {poor}; k-means anchors would reach {numbers(new)}: kept as given; drop model.anchors "
+                f"to let yololab fit them ({path})")
+    if auto["reason"] == OFF:
+        return (f"anchor fit: {poor}; k-means anchors would reach {numbers(new)}: kept, as model.autoanchor is "
+                f"false; --set model.autoanchor=true to let yololab fit them ({path})")
+    if auto["reason"] == NOT_BETTER:
+        return f"anchor fit: {poor}; k-means anchors do no better ({numbers(new)}): kept ({path})"
+    if auto["reason"] == NO_KMEANS:
+        return f"anchor fit: {poor}; k-means could not run ({auto['kmeans_error']}): kept ({path})"
+    return (f"anchor fit: mean best IoU {fit['mean_best_iou']:.3f}, best possible recall {fit['bpr_iou50']:.3f} at "
+            f"IoU 0.5 and {fit['bpr_ratio']:.3f} at ratio < {t:g} ({path})")
 
 
 def _say_early_stop(trainer: L.Trainer) -> None:
@@ -361,32 +465,38 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     quiet_lightning()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec = load_data_yaml(cfg.data.data)  # read once: the data module takes it as it is
     _check_splits(spec)
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
-    module = make_module(cfg, spec.names, start_weights=not resume)
-    _check_input_size(cfg, module)
-    _check_freeze(cfg, module)
     resumed = load_checkpoint_file(last) if resume else None
     if resumed is not None:
-        check_weights_fit(resumed, module, last)
+        cfg = _resumed_anchors(cfg, resumed, last)
+    probe = _probe_module(cfg, spec.names)
+    _check_input_size(cfg, probe)
+    _check_freeze(cfg, probe)
+    if resumed is not None:
+        check_weights_fit(resumed, probe, last)
         _check_same_optimizer(resumed, cfg, last)
         _check_time_left(cfg, resumed, last)
-    # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
-    module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     # The cfg's [net] channels decide how images are read (1 for single-channel detector images).
     data = YoloDataModule(spec, cfg.data.imgsz, cfg.data.batch, cfg.data.workers,
-                          channels=module.model.channels, seed=cfg.train.seed, augment=cfg.data.augment,
+                          channels=probe.model.channels, seed=cfg.train.seed, augment=cfg.data.augment,
                           boxes_outside=cfg.data.boxes_outside)
     cache_dir = Path(cfg.project) / VALIDATION_CACHE if cfg.data.validation_cache else None
     clipped: list[DataError] = []
     lines, skipped = data.validate(cache_dir=cache_dir, skip_bad=cfg.data.skip_bad, clipped=clipped)
     for line in lines:
         rank_zero_info(line)
+    cfg, fit, head_priors = _anchors_and_priors(cfg, data.spec, probe, resumed)
+    # Seeded right before the weights are drawn: the same seed and config give the same weights, whatever the
+    # validation and autoanchor did before.
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    module = make_module(cfg, spec.names, head_priors, start_weights=not resume)
+    # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
+    module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     if first_process:
-        _prepare_folder(cfg, resume, skipped, clipped, _anchor_fit(cfg, data.spec, module), resumed)
+        _prepare_folder(cfg, resume, skipped, clipped, fit, resumed)
 
     # TensorBoard drops the events a killed run logged past the checkpoint, so a repeated epoch is not drawn twice.
     purge_step = resumed["global_step"] if resumed is not None else None

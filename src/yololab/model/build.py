@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from yololab.model.cfg import packaged_cfg, packaged_cfgs, parse_cfg
-from yololab.model.darknet import Darknet, set_num_classes
+from yololab.model.cfg import format_cfg, packaged_cfg, packaged_cfgs, parse_cfg
+from yololab.model.darknet import Darknet, set_anchors, set_num_classes
+from yololab.model.priors import HeadPriors
 
 
 def resolve_cfg(name_or_path: str | Path) -> Path:
@@ -21,13 +23,24 @@ def resolve_cfg(name_or_path: str | Path) -> Path:
     )
 
 
-def read_cfg_text(name_or_path: str | Path) -> str:
-    return resolve_cfg(name_or_path).read_text()
+def read_cfg_text(name_or_path: str | Path, anchors: Sequence | None = None) -> str:
+    """The text of a cfg (file or packaged name). ``anchors``: one ``[A, 2]`` (w, h) pixel list per [yolo]
+    in cfg order (``model.anchors``) written into it (``set_anchors``; the text is then re-formatted without
+    its comments); ValueError when they do not fit the cfg's [yolo] layers."""
+    path = resolve_cfg(name_or_path)
+    text = path.read_text()
+    if anchors is None:
+        return text
+    sections = parse_cfg(text, source=str(path))
+    set_anchors(sections, anchors)
+    return format_cfg(sections)
 
 
-def build_model(cfg_text: str, num_classes: int, source: str = "<cfg text>") -> Darknet:
+def build_model(cfg_text: str, num_classes: int, source: str = "<cfg text>",
+                head_priors: HeadPriors | str = "ultralytics") -> Darknet:
     """Darknet built from cfg text (as stored in checkpoints) with ``num_classes`` classes; errors name
-    ``source``, the cfg file (or packaged cfg) the text was read from, at the line of the text."""
+    ``source``, the cfg file (or packaged cfg) the text was read from, at the line of the text.
+    ``head_priors``: the heads' initial biases (``Darknet``)."""
     sections = parse_cfg(cfg_text, source=str(source))
     set_num_classes(sections, num_classes)
-    return Darknet(sections)
+    return Darknet(sections, head_priors)

@@ -29,25 +29,13 @@ from yololab.model.layers import (
     YoloLayer,
     yolo_mask,
 )
-
-# Head bias priors from ultralytics YOLOv5 (models/yolo.py, Model._initialize_biases): objectness as if
-# 8 objects were spread over a 640x640 image, log(8 / (640 / stride)^2), and class logits as if each class
-# had probability 0.6 / (num_classes - 0.99). They keep early training from being swamped by the negatives.
-PRIOR_OBJECTS_PER_IMAGE = 8
-PRIOR_IMAGE_SIZE = 640
-PRIOR_CLASS_PROB = 0.6
-PRIOR_CLASS_OFFSET = 0.99
-
-
-def objectness_prior(stride: int) -> float:
-    """Initial objectness bias of a head of the given stride: log(8 / (640 / stride)^2)."""
-    return math.log(PRIOR_OBJECTS_PER_IMAGE / (PRIOR_IMAGE_SIZE / stride) ** 2)
-
-
-def class_prior(num_classes: int) -> float:
-    """Initial class bias: log(0.6 / (num_classes - 0.99))."""
-    return math.log(PRIOR_CLASS_PROB / (num_classes - PRIOR_CLASS_OFFSET))
-
+from yololab.model.priors import (  # noqa: F401 (class_prior, objectness_prior: re-exported)
+    HeadPriors,
+    class_prior,
+    objectness_prior,
+    ultralytics_priors,
+    zero_priors,
+)
 
 # --------------------------------------------------------------------------------------------- cfg rewrites
 
@@ -131,6 +119,16 @@ def set_anchors(sections: list[CfgSection], anchors: Sequence | Tensor) -> None:
     _rewrite_head_filters(sections)
 
 
+def yolo_anchors(sections: list[CfgSection]) -> list[list[list[float]]]:
+    """The anchors of every [yolo] in cfg order, as the model holds them: per [yolo] its masked ``[A, 2]``
+    (w, h) input-pixel pairs, read from the cfg (so also for a model built on the meta device)."""
+    out = []
+    for pos in _yolo_positions(sections):
+        pairs = _anchor_pairs(sections[pos].value("anchors"))
+        out.append([pairs[m] for m in yolo_mask(sections[pos])])
+    return out
+
+
 # --------------------------------------------------------------------------------------------- model
 
 
@@ -141,10 +139,14 @@ class Darknet(nn.Module):
     ``layers`` (one module per cfg layer), ``input_size`` (h, w) and ``channels`` from ``[net]``,
     ``anchors`` (list of [A, 2] input-pixel buffers per head), ``strides`` (per head), ``num_classes``,
     ``yolo_params`` (per head, the [yolo] training keys written in the cfg), ``max_stride`` (input H and W
-    must be multiples of it), ``head_indices`` (layer index of each head convolution).
+    must be multiples of it), ``head_indices`` (layer index of each head convolution), ``head_priors`` (the
+    initial objectness and class biases of the heads; ``init_head_biases`` and ``reset_heads`` use them).
+
+    ``head_priors``: a ``HeadPriors`` (e.g. ``label_priors`` of the training labels), or "ultralytics"
+    (YOLOv5's constants, the default) or "none" (darknet's zero biases); see ``yololab.model.priors``.
     """
 
-    def __init__(self, sections: list[CfgSection]):
+    def __init__(self, sections: list[CfgSection], head_priors: HeadPriors | str = "ultralytics"):
         super().__init__()
         net = net_section(sections)
         height, width, channels = (net.value(k) for k in ("height", "width", "channels"))
@@ -159,7 +161,18 @@ class Darknet(nn.Module):
         self._check_heads(net)
         self._keep = {j for layer in self.layers for j in layer.sources
                       if isinstance(layer, (RouteLayer, ShortcutLayer))}
+        self.head_priors = self._priors(head_priors)
         self.init_head_biases()
+
+    def _priors(self, head_priors: HeadPriors | str) -> HeadPriors:
+        if isinstance(head_priors, HeadPriors):
+            head_priors.check(len(self.yolo_indices), self.num_classes)
+            return head_priors
+        if head_priors == "ultralytics":
+            return ultralytics_priors(self.strides, self.num_classes)
+        if head_priors == "none":
+            return zero_priors(len(self.yolo_indices), self.num_classes)
+        raise ValueError(f"head priors must be HeadPriors, 'ultralytics' or 'none', got {head_priors!r}")
 
     def _build(self, layer_sections: list[CfgSection], inp: Shape) -> list[Shape]:
         shapes: list[Shape] = []
@@ -200,15 +213,16 @@ class Darknet(nn.Module):
 
     @classmethod
     def from_cfg(cls, path: str | Path, num_classes: int | None = None,
-                 anchors: Sequence | Tensor | None = None) -> Darknet:
+                 anchors: Sequence | Tensor | None = None, head_priors: HeadPriors | str = "ultralytics") -> Darknet:
         """Build from a cfg file (or cfg text). ``num_classes`` / ``anchors`` override the cfg's (see
-        ``set_num_classes`` and ``set_anchors``); the head filters are rewritten to match."""
+        ``set_num_classes`` and ``set_anchors``); the head filters are rewritten to match. ``head_priors`` as
+        in the class docstring."""
         sections = parse_cfg(path)
         if num_classes is not None:
             set_num_classes(sections, num_classes)
         if anchors is not None:
             set_anchors(sections, anchors)
-        return cls(sections)
+        return cls(sections, head_priors)
 
     def to_cfg(self, path: str | Path) -> Path:
         """Write the cfg this model was built from (with its actual classes, filters and anchors)."""
@@ -250,7 +264,7 @@ class Darknet(nn.Module):
 
     @torch.no_grad()
     def init_head_biases(self, heads: Sequence[int] | None = None) -> None:
-        """Box biases 0 (darknet's), objectness and class biases from the priors above.
+        """Box biases 0 (darknet's), objectness and class biases from ``head_priors``.
 
         ``heads``: positions in ``head_indices`` (default all). With a batch-normalised head the prior goes
         into the batch-norm bias, which plays the role of the conv bias.
@@ -260,12 +274,13 @@ class Darknet(nn.Module):
             conv = self.layers[self.head_indices[h]]
             bias = (conv.bn.bias if conv.bn is not None else conv.conv.bias).view(yolo.num_anchors, -1)
             bias[:, :4] = 0.0
-            bias[:, 4] = objectness_prior(yolo.stride)
-            bias[:, YOLO_BOX_ENTRIES:] = class_prior(yolo.num_classes)
+            bias[:, 4] = self.head_priors.objectness[h]
+            bias[:, YOLO_BOX_ENTRIES:] = torch.tensor(self.head_priors.classes, dtype=bias.dtype, device=bias.device)
 
     @torch.no_grad()
     def reset_heads(self, heads: Sequence[int] | None = None) -> None:
-        """Re-initialise head convolutions (torch's default init) and their bias priors."""
+        """Re-initialise head convolutions (torch's default init) and their bias priors (``head_priors``, also
+        for darknet .weights of another class count)."""
         for h in range(len(self.yolo_indices)) if heads is None else heads:
             conv = self.layers[self.head_indices[h]]
             conv.conv.reset_parameters()

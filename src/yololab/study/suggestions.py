@@ -8,6 +8,7 @@ first) are left out, and said so.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _unusable(changes: dict, config: dict) -> str | None:
     if cfg_value is not None and not Path(str(cfg_value)).is_file():
         return f"{cfg_value} is a file to write first"
     try:
-        build_config(config, [f"{k}={v}" for k, v in changes.items()])
+        build_config(config, [f"{k}={json.dumps(v)}" for k, v in changes.items()])  # JSON is YAML: null, lists
     except (ConfigError, ValueError) as err:
         return str(err).splitlines()[-1].strip()
     return None
