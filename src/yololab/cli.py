@@ -84,22 +84,23 @@ data_app.command("split")(split_command)
 # ------------------------------------------------------------------------------------------------ train
 def _train_config(data: Path | None, cfg: str | None, preset: str | None, epochs: int | None,
                   imgsz: int | None, batch: int | None, project: str | None, name: str | None,
-                  config: Path | None, overrides: list[str], base: dict | None = None) -> RunConfig:
+                  config: Path | None, overrides: list[str], base: dict | None = None,
+                  recipe: str | None = None) -> RunConfig:
     raw: dict = json.loads(json.dumps(base or {}))
     if config is not None:
         raw.update(load_config(config).model_dump(mode="json"))
-    flags = {
-        ("data", "data"): str(data) if data else None, ("model", "cfg"): cfg, ("train", "epochs"): epochs,
-        ("data", "imgsz"): imgsz, ("data", "batch"): batch,
-    }
-    for (section, key), value in flags.items():
-        if value is not None:
-            raw.setdefault(section, {})[key] = value
+    if data is not None:
+        raw.setdefault("data", {})["data"] = str(data)
     for key, value in (("project", project), ("name", name)):
         if value is not None:
             raw[key] = value
-    # As --set preset=P: the loss becomes P with the config's loss overrides (those relative to its own preset).
-    return build_config(raw, [*([f"preset={preset}"] if preset is not None else []), *overrides])
+    # The recipe first, then the flags and --set over it (build_config applies a recipe under the items given with
+    # it). --preset P as --set preset=P: the loss becomes P with the config's loss overrides (relative to its own
+    # preset).
+    flags = {"recipe": recipe, "preset": preset, "model.cfg": cfg, "train.epochs": epochs, "data.imgsz": imgsz,
+             "data.batch": batch}
+    items = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    return build_config(raw, [*items, *overrides])
 
 
 def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -134,6 +135,8 @@ def train(
                                              show_default=_default(RunConfig, "name"))] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A config.yaml to start from (its preset and "
                                                 "loss_overrides give its loss).")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Settings measured together on one kind of data "
+                                               "(docs/studies.md); the other flags and --set win over them.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (dotted); every key is "
                                                    "listed by `yololab config --list`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue PROJECT/NAME from last.ckpt.")] = False,
@@ -155,7 +158,7 @@ def train(
 
     if resume:
         ignored = [flag for flag, value in (("--data", data), ("--cfg", cfg), ("--preset", preset),
-                                            ("--imgsz", imgsz), ("--batch", batch), ("--config", config),
+                                            ("--recipe", recipe), ("--imgsz", imgsz), ("--batch", batch), ("--config", config),
                                             ("--exist-ok", exist_ok or None)) if value is not None]
         if ignored:
             _fail(f"--resume continues a run with its own config.yaml; only --epochs and --set apply, so drop "
@@ -167,7 +170,8 @@ def train(
         run_cfg = _train_config(None, None, None, epochs, None, None, str(run_dir.parent), run_dir.name,
                                 run_dir / "config.yaml", set_ or [])
     else:
-        run_cfg = _train_config(data, cfg, preset, epochs, imgsz, batch, project, name, config, set_ or [])
+        run_cfg = _train_config(data, cfg, preset, epochs, imgsz, batch, project, name, config, set_ or [],
+                                recipe=recipe)
     result = run_training(run_cfg, resume=resume, exist_ok=exist_ok, progress=progress)
     final = [m for m in result.metrics if m["split"] == "val"]
     rows = [("run", str(result.run_dir)), ("last checkpoint", str(result.last_checkpoint))]

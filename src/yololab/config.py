@@ -21,6 +21,7 @@ from yololab.diagnostics.config import DiagnosticsConfig
 from yololab.diagnostics.doctor import DoctorConfig
 from yololab.loss.config import LossConfig
 from yololab.loss.presets import PRESETS, preset
+from yololab.recipes import RECIPES, recipe
 
 DEFAULT_PRESET = "yololab"
 LOSS_OVERRIDES = "loss_overrides"  # the RunConfig field: "loss.FIELD" -> value where loss differs from the preset
@@ -196,6 +197,10 @@ class RunConfig(_Strict):
 
     project: str = Field("runs", description="Folder of runs (`--project`).")
     name: str = Field("train", description="Run name: the run is written to PROJECT/NAME/ (`--name`).")
+    recipe: str | None = Field(
+        None, description="The recipe the run started from (`--recipe NAME`, yololab/recipes.py): its values are "
+        "applied like --set items before the run's own --set, and the sections below hold what they resolved to. "
+        "None: the defaults.")
     preset: str = Field(DEFAULT_PRESET, description="Loss preset the loss section was resolved from: preset + "
                         "loss_overrides = the loss section.")
     loss_overrides: dict[str, Any] = Field(
@@ -213,6 +218,13 @@ class RunConfig(_Strict):
                                            "beside training (histograms, gradient shares, doctor, report).")
     doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="Thresholds of the doctor's rules "
                                  "(switched on and off by diagnostics.doctor).")
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, name: str | None) -> str | None:
+        if name is not None:
+            recipe(name)  # ValueError naming the known ones
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -345,7 +357,7 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
         base_loss = LossConfig(**base["loss"])
     except ValidationError as err:
         raise ConfigError(f"invalid configuration:\n{err}") from None
-    changes = parse_overrides(overrides or [])
+    changes = _with_recipe(parse_overrides(overrides or []))
     loss_changes = changes.pop("loss", {})
     raw = _merge(base, changes)
     # A loss field's value replaces the one below it whole (a scale_weights dict is not merged key by key).
@@ -358,6 +370,17 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
         raise ConfigError(f"invalid configuration:\n{err}") from None
     _reject_non_finite(cfg.model_dump(), "invalid configuration")
     return cfg
+
+
+def _with_recipe(changes: dict[str, Any]) -> dict[str, Any]:
+    """``--set`` changes with the values of the recipe they name (``recipe=NAME``) underneath: the recipe is
+    applied once, when it is chosen, and the changes given with it win over it."""
+    name = changes.get("recipe")
+    if name is None:
+        return changes
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES)) or 'none yet'}")
+    return _merge(parse_overrides(RECIPES[name].set_items()), changes)
 
 
 def _reject_non_finite(values: dict[str, Any], where: str, prefix: str = "") -> None:

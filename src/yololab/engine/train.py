@@ -59,6 +59,7 @@ from yololab.model.build import read_cfg_text, resolve_cfg
 from yololab.model.darknet import yolo_anchors
 from yololab.model.freeze import FreezeError, frozen_layer_count
 from yololab.model.priors import label_priors
+from yololab.recipes import suggest_recipe
 
 BEST_METRIC = "val/mAP50"
 VALIDATION_CACHE = Path(".cache") / "validation"  # under the project folder
@@ -332,11 +333,23 @@ def _anchors_and_priors(cfg: RunConfig, spec: DataSpec, probe: YoloModule,
     fit = None
     if resumed is None:
         cfg, fit, anchors = _autoanchor(cfg, boxes, anchors, probe.model.strides)
+        _say_recipe(cfg, boxes)
     priors = None
     if labels:
         priors = label_priors(boxes.wh, boxes.classes, boxes.n_images, anchors, probe.model.strides,
                               cfg.data.imgsz, len(spec.names)).as_dict()
     return cfg, fit, priors
+
+
+def _say_recipe(cfg: RunConfig, boxes: BoxSet) -> None:
+    """One line when the training boxes look like the data a recipe other than the run's was measured on."""
+    if not len(boxes.wh):
+        return
+    found = suggest_recipe(boxes.wh.max(dim=1).values, cfg.recipe)
+    if found is not None:
+        rank_zero_info(f"{found.reason}: --recipe {found.recipe.name} was measured better on such data "
+                       f"({found.recipe.data}; {found.recipe.measured}); this run uses "
+                       f"{'recipe ' + cfg.recipe if cfg.recipe else 'the defaults'}")
 
 
 def _autoanchor(cfg: RunConfig, boxes: BoxSet, anchors: list[Tensor],
