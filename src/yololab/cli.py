@@ -158,8 +158,9 @@ def train(
 
     if resume:
         ignored = [flag for flag, value in (("--data", data), ("--cfg", cfg), ("--preset", preset),
-                                            ("--recipe", recipe), ("--imgsz", imgsz), ("--batch", batch), ("--config", config),
-                                            ("--exist-ok", exist_ok or None)) if value is not None]
+                                            ("--recipe", recipe), ("--imgsz", imgsz), ("--batch", batch),
+                                            ("--config", config), ("--exist-ok", exist_ok or None))
+                   if value is not None]
         if ignored:
             _fail(f"--resume continues a run with its own config.yaml; only --epochs and --set apply, so drop "
                   f"{', '.join(ignored)} (or use --set, e.g. --set data.batch=8)")
