@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from yololab.anchors import AnchorError, anchor_fit_report
 from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import DataError, DataSpec, load_data_yaml
+from yololab.data.size_bins import SizeBins
 from yololab.diagnostics.bn_check import BatchNormCheck
 from yololab.diagnostics.callbacks import diagnostics_callbacks
 from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
@@ -266,9 +267,10 @@ def _write_anchor_fit(fit: dict | None, path: Path) -> None:
                    f"({path})")
 
 
-def make_module(cfg: RunConfig, names: list[str]) -> YoloModule:
-    """A fresh YoloModule for ``cfg``, starting from darknet weights when the config names some."""
-    module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names)
+def make_module(cfg: RunConfig, names: list[str], size_bins: SizeBins | None = None) -> YoloModule:
+    """A fresh YoloModule for ``cfg``, starting from darknet weights when the config names some; validation
+    reports AP per ``size_bins`` (the dataset's, if it declares any)."""
+    module = YoloModule(cfg.model_dump(mode="json"), read_cfg_text(cfg.model.cfg), names, size_bins)
     if cfg.model.weights:
         load_darknet_weights(module.model, cfg.model.weights)
     return module
@@ -351,7 +353,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     _check_splits(spec)
     if cfg.data.imgsz is None:  # the cfg's [net] height decides
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"imgsz": _net_size(cfg.model.cfg)})})
-    module = make_module(cfg, spec.names)
+    module = make_module(cfg, spec.names, spec.size_bins)
     _check_input_size(cfg, module)
     resumed = load_checkpoint_file(last) if resume else None
     if resumed is not None:
