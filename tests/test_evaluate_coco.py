@@ -253,12 +253,23 @@ def test_ap_per_custom_area_bin_and_closed_boundaries():
     assert by_bin["edge"]["mAP50"] == pytest.approx(1.0)  # the area-100 truths lie on both closed ranges
     assert [by_bin[k]["n_truths"] for k in bins] == [2, 2, 1, 0, 2]
     assert by_bin["mid"]["mAP50"] == pytest.approx(0.5)
-    assert math.isnan(by_bin["empty"]["mAP50"]) and math.isnan(by_bin["empty"]["mAP50_95"])
+    assert math.isnan(by_bin["empty"]["mAP50"])
     assert by_bin["big"]["mAP50"] == 0.0
-    assert by_bin["empty"]["area"] == [3000.0, 4000.0]
+    assert by_bin["empty"] == {"mAP50": by_bin["empty"]["mAP50"], "n_truths": 0, "area": [3000.0, 4000.0]}
     # Extra ranges do not change COCO's own numbers.
     assert result["mAP50"] == pytest.approx(56 / 101)
     assert result["by_size"] == coco_map(SIZE_DETS, SIZE_TRUTHS, num_classes=1)["by_size"]
+
+
+def test_bins_evaluated_at_iou_50_alone_agree_with_coco_sizes_on_random_cases():
+    # The bins' COCOeval matches at IoU 0.5 only; on COCO's own ranges it must give the full run's AP@0.5.
+    for seed in range(5):
+        dets, truths = _random_case(seed)
+        coco_ranges = {size: r["area"] for size, r in coco_map(dets, truths, num_classes=3)["by_size"].items()}
+        result = coco_map(dets, truths, num_classes=3, area_ranges=coco_ranges)
+        for size, summary in result["by_size"].items():
+            assert result["by_bin"][size]["mAP50"] == pytest.approx(summary["mAP50"], nan_ok=True), (seed, size)
+            assert result["by_bin"][size]["n_truths"] == summary["n_truths"]
 
 
 def test_ap_by_size_without_truths_is_nan():

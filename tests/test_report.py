@@ -87,7 +87,7 @@ def _rows(scale_offset: float = 0.0, grad_shares: dict | None = GRAD_SHARES) -> 
                     row |= {f"mAP50_{size}": values[epoch], f"mAP50_95_{size}": values[epoch] / 2}
                 for name, values in VAL_BIN_MAP50.items():
                     v = values[epoch]
-                    row |= {f"bin/{name}/mAP50": v, f"bin/{name}/mAP50_95": None if v is None else v / 2}
+                    row |= {f"bin/{name}/mAP50": v}
             else:
                 row |= {"loss/total": 10.0 - epoch, "lr": 0.001 * (epoch + 1), "warmup": max(0.0, 1 - epoch)}
                 for s, terms in (grad_shares or {}).items():
@@ -196,8 +196,8 @@ def test_size_section_table_and_plot(report):
     table = page.table_with("val mAP50 (last epoch)")
     assert table[0] == ["size", "val mAP50 (last epoch)", "val mAP50_95 (last epoch)"]  # no test_metrics.json
     assert table[1:] == [["COCO small", "0.1000", "0.0500"], ["COCO medium", "0.4500", "0.2250"],
-                         ["COCO large", "0.7000", "0.3500"], ["bin 3x2-5x4", "0.0400", "0.0200"],
-                         ["bin 40x30-200x150", "0.6500", "0.3250"]]
+                         ["COCO large", "0.7000", "0.3500"], ["bin 3x2-5x4", "0.0400", "–"],
+                         ["bin 40x30-200x150", "0.6500", "–"]]  # bins: AP@0.5 only
     (src,) = page.section_imgs["sizes"]
     with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
         # two panels of plots.WIDE_SIZE (6.3 x 2.8 in) side by side, margins 0.7 + 0.2 and 0.35 + 0.5 in, 100 dpi
@@ -212,14 +212,14 @@ def test_size_section_shows_test_ap_by_size(tmp_path):
     by_size = {"small": {"mAP50": 0.25, "mAP50_95": 0.125, "n_truths": 8, "area": [0, 1024]},
                "medium": {"mAP50": 0.5, "mAP50_95": 0.25, "n_truths": 4, "area": [1024, 9216]},
                "large": {"mAP50": nan, "mAP50_95": nan, "n_truths": 0, "area": [9216, 1e10]}}
-    by_bin = {"3x2-5x4": {"mAP50": 0.125, "mAP50_95": 0.0625, "n_truths": 5, "area": [1.5, 5.0]}}
+    by_bin = {"3x2-5x4": {"mAP50": 0.125, "n_truths": 5, "area": [1.5, 5.0]}}
     (run / "test_metrics.json").write_text(json.dumps({"mAP50": 0.4, "mAP50_95": 0.2, "n_images": 9,
                                                        "by_size": by_size, "by_bin": by_bin}))
     table = Page(write_report(run).read_text()).table_with("test mAP50")
     rows = {row[0]: row[3:] for row in table[1:]}
     assert rows["COCO small"] == ["0.2500", "0.1250", "8", "0 - 1024"]
     assert rows["COCO large"] == ["–", "–", "0", "9216 - 1e+10"]  # no truths: no AP
-    assert rows["bin 3x2-5x4"] == ["0.1250", "0.0625", "5", "1.5 - 5"]
+    assert rows["bin 3x2-5x4"] == ["0.1250", "–", "5", "1.5 - 5"]
     assert rows["bin 40x30-200x150"] == ["–", "–", "–", "–"]  # a bin the test evaluation did not have
 
 

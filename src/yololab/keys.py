@@ -88,9 +88,11 @@ def scale_of(text: str) -> int | None:
 
 
 # Validation AP by object size (evaluate/coco.py's ``by_size`` and ``by_bin``), as metrics.jsonl and TensorBoard
-# name them (``val/`` in front there): ``mAP50_small`` … for COCO's area ranges, ``bin/<name>/mAP50`` … for a
-# dataset's own size bins (data/size_bins.py). Neither form ends in ``/s<i>``: no per-scale key is mistaken for one.
+# name them (``val/`` in front there): ``mAP50_small``, ``mAP50_95_small`` … for COCO's area ranges,
+# ``bin/<name>/mAP50`` for a dataset's own size bins (data/size_bins.py; AP@0.5 only). Neither form ends in
+# ``/s<i>``: no per-scale key is mistaken for one.
 MAP_METRICS = ("mAP50", "mAP50_95")
+BIN_METRIC = "mAP50"
 COCO_SIZES = ("small", "medium", "large")  # pycocotools' areaRngLbl after "all"
 BIN = "bin"
 _BIN_KEY = re.compile(rf"^{BIN}/(?P<name>[^/]+)/(?P<metric>{'|'.join(MAP_METRICS)})$")

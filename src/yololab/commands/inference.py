@@ -68,11 +68,11 @@ def size_table(result: dict) -> Table:
     for col in ("size", "area", "truths", "AP50", "AP50_95"):
         table.add_column(col)
     rows = [(f"COCO {name}", r) for name, r in result["by_size"].items()]
-    rows += [(f"bin {name}", r) for name, r in result["by_bin"].items()]
+    rows += [(f"bin {name}", r) for name, r in result["by_bin"].items()]  # AP@0.5 only
     for name, r in rows:
         lo, hi = r["area"]
-        table.add_row(escape(name), f"{lo:g} - {hi:g}", str(r["n_truths"]), f"{r['mAP50']:.4f}",
-                      f"{r['mAP50_95']:.4f}")
+        ap50_95 = f"{r['mAP50_95']:.4f}" if "mAP50_95" in r else "-"
+        table.add_row(escape(name), f"{lo:g} - {hi:g}", str(r["n_truths"]), f"{r['mAP50']:.4f}", ap50_95)
     return table
 
 

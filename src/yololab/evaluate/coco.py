@@ -27,12 +27,14 @@ AP by object size (``by_size`` and ``by_bin``), computed by COCOeval itself from
   means small *as the network sees it* (COCO's own areas are in original-image pixels: the two agree only
   when images are not resized).
 - ``by_bin`` holds the caller's ``area_ranges`` (a dataset's size bins, ``yololab.data.size_bins``), in the
-  same pixels. They are evaluated in the same COCOeval run, appended to its ``areaRng``.
+  same pixels, with AP@0.5 only (``mAP50``, the project's headline metric): they are evaluated by a second
+  COCOeval on the same detections whose ``areaRng`` is the bins and whose ``iouThrs`` is ``[0.5]`` alone,
+  which gives the same AP@0.5 as a run over all ten thresholds at a tenth of its matching work.
 - Ranges are closed at both ends, as COCOeval treats them: a box whose area lies on a boundary counts in
   both ranges; a truth outside a range is ignored there, as is an unmatched detection outside it.
-- Each range has ``mAP50``, ``mAP50_95`` (mean over the classes with a truth in the range), ``n_truths``
-  (truths in the range) and ``area`` ``[lo, hi]``. A range without truths has NaN APs (key present, value NaN:
-  AP is undefined without anything to recall, as for a class without truths).
+- Each range has ``mAP50`` (``by_size`` also ``mAP50_95``), the mean over the classes with a truth in the
+  range, ``n_truths`` (truths in the range) and ``area`` ``[lo, hi]``. A range without truths has NaN APs (key
+  present, value NaN: AP is undefined without anything to recall, as for a class without truths).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ _DET_XYXY = slice(0, 4)
 _TRUTH_XYXY = slice(1, 5)
 _AREA_ALL = "all"  # label of COCO's whole area range in COCOeval.params.areaRngLbl
 _IOU50 = 0  # index of IoU 0.5 in COCOeval.params.iouThrs (0.5, 0.55, ..., 0.95)
+_BIN_IOU_THRESHOLDS = [0.5]  # the size bins are evaluated at AP@0.5 alone (see the module docstring)
 _MISSING = -1  # COCOeval's marker in eval["precision"] for "no truths of this class"
 
 
@@ -88,9 +91,9 @@ def coco_map(
 
     Returns:
         ``{"mAP50", "mAP50_95", "per_class": {name_or_id: {"AP50", "AP50_95", "n_truths"}},
-        "by_size": {"small" | "medium" | "large": RANGE}, "by_bin": {name: RANGE}, "n_images", "n_truths",
-        "n_dets"}`` with ``RANGE = {"mAP50", "mAP50_95", "n_truths", "area": [lo, hi]}`` (see the module
-        docstring for NaN and 0 cases and for the area ranges).
+        "by_size": {"small" | "medium" | "large": {"mAP50", "mAP50_95", "n_truths", "area"}},
+        "by_bin": {name: {"mAP50", "n_truths", "area"}}, "n_images", "n_truths", "n_dets"}`` with ``area`` the
+        range ``[lo, hi]`` (see the module docstring for NaN and 0 cases and for the area ranges).
     """
     det_arrays = [_as_array(d, _DET_COLUMNS, _DET_XYXY, "dets", i) for i, d in enumerate(dets)]
     truth_arrays = [_as_array(t, _TRUTH_COLUMNS, _TRUTH_XYXY, "truths", i) for i, t in enumerate(truths)]
@@ -101,13 +104,13 @@ def coco_map(
     n_truths_per_class = _count_truths(truth_arrays, num_classes)
     coco_ranges = _coco_area_ranges()
     bins = _check_area_ranges(area_ranges or {})
-    ranges = list(coco_ranges.values()) + list(bins.values())
-    per_range = _per_class_ap(gt, results, num_classes, max_dets, ranges)
-    ap50, ap50_95 = per_range[list(coco_ranges).index(_AREA_ALL)]
+    dt = _detections(gt, results)
+    per_range = dict(zip(coco_ranges, _per_class_ap(gt, dt, num_classes, max_dets, list(coco_ranges.values())),
+                         strict=True))
+    per_bin = _per_class_ap(gt, dt, num_classes, max_dets, list(bins.values()), _BIN_IOU_THRESHOLDS) if bins else []
+    ap50, ap50_95 = per_range[_AREA_ALL]
     keys = list(names) if names is not None else list(range(num_classes))
     areas = _truth_areas(truth_arrays)
-    summaries = [_range_summary(*aps, areas, rng) for aps, rng in zip(per_range, ranges, strict=True)]
-    coco_summaries = dict(zip(coco_ranges, summaries[:len(coco_ranges)], strict=True))
     return {
         "mAP50": _nanmean(ap50),
         "mAP50_95": _nanmean(ap50_95),
@@ -115,8 +118,10 @@ def coco_map(
             keys[c]: {"AP50": ap50[c], "AP50_95": ap50_95[c], "n_truths": n_truths_per_class[c]}
             for c in range(num_classes)
         },
-        "by_size": {label: summary for label, summary in coco_summaries.items() if label != _AREA_ALL},
-        "by_bin": dict(zip(bins, summaries[len(coco_ranges):], strict=True)),
+        "by_size": {label: {"mAP50": _nanmean(per_range[label][0]), "mAP50_95": _nanmean(per_range[label][1]),
+                            **_range_truths(areas, rng)} for label, rng in coco_ranges.items() if label != _AREA_ALL},
+        "by_bin": {name: {"mAP50": _nanmean(aps[0]), **_range_truths(areas, rng)}
+                   for (name, rng), aps in zip(bins.items(), per_bin, strict=True)},
         "n_images": len(truth_arrays),
         "n_truths": sum(n_truths_per_class),
         "n_dets": sum(len(d) for d in det_arrays),
@@ -240,28 +245,36 @@ def _truth_areas(truths: list[np.ndarray]) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def _range_summary(ap50: list[float], ap50_95: list[float], areas: np.ndarray, rng: list[float]) -> dict:
-    """One area range: class-mean APs, the truths whose area lies in the closed range, and the range."""
-    n_truths = int(((areas >= rng[0]) & (areas <= rng[1])).sum())
-    return {"mAP50": _nanmean(ap50), "mAP50_95": _nanmean(ap50_95), "n_truths": n_truths, "area": list(rng)}
+def _range_truths(areas: np.ndarray, rng: list[float]) -> dict:
+    """The truths whose area lies in the closed range ``rng``, and the range."""
+    return {"n_truths": int(((areas >= rng[0]) & (areas <= rng[1])).sum()), "area": list(rng)}
+
+
+def _detections(gt: COCO, results: list[dict]) -> COCO:
+    """The detections as a COCO result set on ``gt``'s images."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            return gt.loadRes(results)
+    # loadRes indexes results[0]: an empty result set is built directly.
+    return _coco_from_dict({"images": gt.dataset["images"], "annotations": [], "categories": []})
 
 
 def _per_class_ap(
-    gt: COCO, results: list[dict], num_classes: int, max_dets: int, area_ranges: list[list[float]]
+    gt: COCO, dt: COCO, num_classes: int, max_dets: int, area_ranges: list[list[float]],
+    iou_thresholds: list[float] | None = None,
 ) -> list[tuple[list[float], list[float]]]:
-    """Run COCOeval once over ``area_ranges``; return per range the per-class (AP50, AP50_95), NaN for classes
-    without truths in the range. Each range costs one more pass of COCOeval's per-image matching."""
+    """Run COCOeval once over ``area_ranges`` (and ``iou_thresholds``, default COCO's 0.5 .. 0.95); return per
+    range the per-class (AP at IoU 0.5, AP averaged over the thresholds), NaN for classes without truths in the
+    range. COCOeval's per-image matching costs one pass per range and threshold."""
     if not gt.dataset["annotations"]:
         return [([math.nan] * num_classes, [math.nan] * num_classes) for _ in area_ranges]
     with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            dt = gt.loadRes(results)
-        else:  # loadRes indexes results[0]: an empty result set is built directly.
-            dt = _coco_from_dict({"images": gt.dataset["images"], "annotations": [], "categories": []})
         evaluator = COCOeval(gt, dt, iouType="bbox")
         evaluator.params.maxDets = [max_dets]
         evaluator.params.areaRng = [list(r) for r in area_ranges]
         evaluator.params.areaRngLbl = [str(i) for i in range(len(area_ranges))]  # labels are not read by evaluate
+        if iou_thresholds is not None:
+            evaluator.params.iouThrs = np.array(iou_thresholds, dtype=np.float64)
         evaluator.evaluate()
         evaluator.accumulate()
     # precision: [iou thresholds, recall thresholds, classes, area ranges, max dets]
@@ -283,9 +296,8 @@ def _nanmean(values: list[float]) -> float:
 
 def size_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The APs by size of a :func:`coco_map` result under their logged names (``yololab.keys``):
-    ``{"mAP50_small": …, "mAP50_95_small": …, …, "bin/<name>/mAP50": …, "bin/<name>/mAP50_95": …}``."""
+    ``{"mAP50_small": …, "mAP50_95_small": …, …, "bin/<name>/mAP50": …}``."""
     out = {keys.size_key(metric, size): result["by_size"][size][metric]
            for size in keys.COCO_SIZES for metric in keys.MAP_METRICS}
-    out |= {keys.bin_key(name, metric): summary[metric]
-            for name, summary in result["by_bin"].items() for metric in keys.MAP_METRICS}
+    out |= {keys.bin_key(name, keys.BIN_METRIC): summary[keys.BIN_METRIC] for name, summary in result["by_bin"].items()}
     return out
