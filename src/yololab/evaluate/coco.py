@@ -109,13 +109,13 @@ def coco_map(
                          strict=True))
     per_bin = _per_class_ap(gt, dt, num_classes, max_dets, list(bins.values()), _BIN_IOU_THRESHOLDS) if bins else []
     ap50, ap50_95 = per_range[_AREA_ALL]
-    keys = list(names) if names is not None else list(range(num_classes))
+    class_keys = list(names) if names is not None else list(range(num_classes))
     areas = _truth_areas(truth_arrays)
     return {
         "mAP50": _nanmean(ap50),
         "mAP50_95": _nanmean(ap50_95),
         "per_class": {
-            keys[c]: {"AP50": ap50[c], "AP50_95": ap50_95[c], "n_truths": n_truths_per_class[c]}
+            class_keys[c]: {"AP50": ap50[c], "AP50_95": ap50_95[c], "n_truths": n_truths_per_class[c]}
             for c in range(num_classes)
         },
         "by_size": {label: {"mAP50": _nanmean(per_range[label][0]), "mAP50_95": _nanmean(per_range[label][1]),
