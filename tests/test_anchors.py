@@ -338,3 +338,13 @@ def test_write_cfg_writes_short_numbers(tmp_path):
     assert written == sorted(sizes)
     proposed = json.loads(report.read_text())["proposed_anchors"]
     assert sorted(tuple(p) for head in proposed for p in head) == sorted(sizes)
+
+
+def test_cli_proposes_as_many_anchors_as_the_cfg_has(digits, tmp_path):
+    report = tmp_path / "fit.json"
+    result = CliRunner().invoke(cli(), [str(digits), "--img-size", "128", "--cfg", "yolov3-tiny-4l-small",
+                                        "--json-out", str(report)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(report.read_text())
+    assert record["num"] == 12 and [len(head) for head in record["proposed_anchors"]] == [3, 3, 3, 3]
+    assert "stride 4: share of truths" in result.output

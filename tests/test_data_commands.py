@@ -328,6 +328,14 @@ def test_split_command_plain_and_from_folder(forty, tmp_path):
     assert bad.exit_code == 2 and "sum to 1" in bad.output
 
 
+def test_split_command_keeps_the_size_bins(forty, tmp_path):
+    text = forty.read_text() + "size_bins:\n  image_size: 8\n  areas:\n    tiny: [0, 4]\n    rest: [4, 64]\n"
+    forty.write_text(text)
+    result = invoke(data_tools.split_command, forty, "--out", tmp_path / "kept")
+    assert result.exit_code == 0, result.output
+    assert load_data_yaml(tmp_path / "kept" / "data.yaml").size_bins.areas == {"tiny": (0, 4), "rest": (4, 64)}
+
+
 # --- make sparse and stats commands --------------------------------------------------------------------
 
 

@@ -101,6 +101,14 @@ def test_sizes_span_the_configured_bins(tmp_path):
     assert in_bin.sum(axis=1).min() >= 10  # each bin drawn
     assert tuple(sizes.min(axis=0)) == (3, 2)  # the smallest objects reach ~3x2 ...
     assert sizes[:, 0].max() >= 150 and sizes[:, 1].max() >= 110  # ... the largest reach well past 100 px
+    # The data.yaml declares the bins as areas (pixels² at the image size) for evaluation: w*h ranges by hand.
+    bins = load_data_yaml(yaml_path).size_bins
+    assert bins.image_size == SIZE
+    assert bins.areas == {"3x2-5x4": (6, 20), "6x6-40x40": (36, 1600), "40x30-200x150": (1200, 30000)}
+    areas = sizes.prod(axis=1)
+    for b, (lo, hi) in zip(mix, bins.areas.values(), strict=True):
+        drawn = in_bin[mix.index(b)]
+        assert ((areas[drawn] >= lo) & (areas[drawn] <= hi)).all()
 
 
 def test_noise_fraction_is_exact_and_objects_stay_within_their_boxes(tmp_path):

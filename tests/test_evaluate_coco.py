@@ -211,3 +211,74 @@ def test_accepts_tensors_and_image_sizes():
 def test_bad_input_raises_clear_error(dets, truths, kwargs, message):
     with pytest.raises(EvaluationInputError, match=message):
         coco_map(dets, truths, **kwargs)
+
+
+# AP by object size. One class; areas w * h: small 10 x 10 = 100 (< 32**2), medium 40 x 40 = 1600, large
+# 200 x 200 = 40000 (> 96**2).
+SIZE_TRUTHS = [
+    [[0, 0, 0, 10, 10], [0, 300, 300, 500, 500]],  # a small truth, a large truth
+    [[0, 20, 20, 30, 30], [0, 50, 50, 250, 250], [0, 400, 0, 440, 40]],  # small, large, medium
+]
+SIZE_DETS = [
+    [[0, 0, 10, 10, 0.95, 0]],  # the small truth, exact: TP; the large truth is missed
+    [[20, 20, 30, 30, 0.94, 0],  # the small truth, exact: TP; the large one missed
+     [600, 600, 640, 640, 0.9, 0],  # medium-sized, on nothing: FP (ignored by the small and large ranges)
+     [400, 0, 440, 40, 0.8, 0]],  # the medium truth: TP
+]
+
+
+def test_ap_by_size_worked_by_hand():
+    result = coco_map(SIZE_DETS, SIZE_TRUTHS, num_classes=1)
+    small, medium, large = (result["by_size"][k] for k in ("small", "medium", "large"))
+    # small: 2 truths found first, nothing else in range -> precision 1 at every recall: AP 1 at every IoU.
+    assert small["mAP50"] == pytest.approx(1.0) and small["mAP50_95"] == pytest.approx(1.0)
+    # large: 2 truths, no detection of that size -> AP 0.
+    assert large["mAP50"] == 0.0 and large["mAP50_95"] == 0.0
+    # medium: FP (.9) then TP (.8): precision 1/2 at recall 1 -> AP 1/2 at every IoU.
+    assert medium["mAP50"] == pytest.approx(0.5) and medium["mAP50_95"] == pytest.approx(0.5)
+    assert [result["by_size"][k]["n_truths"] for k in ("small", "medium", "large")] == [2, 1, 2]
+    assert small["area"] == [0, 32**2] and large["area"][0] == 96**2
+    # all sizes, 5 truths: TP TP FP TP -> recall .2 .4 .4 .6 at precision 1 1 2/3 3/4; envelope 1 up to recall
+    # 0.4 (41 of the 101 points), 3/4 up to 0.6 (20 points), 0 beyond: AP = (41 + 15) / 101.
+    assert result["mAP50"] == pytest.approx(56 / 101)
+    assert result["by_bin"] == {}
+
+
+def test_ap_per_custom_area_bin_and_closed_boundaries():
+    bins = {"tiny": (0, 100), "edge": (100, 1000), "mid": (1000, 2000), "empty": (3000, 4000), "big": (30000, 5e4)}
+    result = coco_map(SIZE_DETS, SIZE_TRUTHS, num_classes=1, area_ranges=bins)
+    by_bin = result["by_bin"]
+    assert list(by_bin) == list(bins)
+    assert by_bin["tiny"]["mAP50"] == pytest.approx(1.0)
+    assert by_bin["edge"]["mAP50"] == pytest.approx(1.0)  # the area-100 truths lie on both closed ranges
+    assert [by_bin[k]["n_truths"] for k in bins] == [2, 2, 1, 0, 2]
+    assert by_bin["mid"]["mAP50"] == pytest.approx(0.5)
+    assert math.isnan(by_bin["empty"]["mAP50"])
+    assert by_bin["big"]["mAP50"] == 0.0
+    assert by_bin["empty"] == {"mAP50": by_bin["empty"]["mAP50"], "n_truths": 0, "area": [3000.0, 4000.0]}
+    # Extra ranges do not change COCO's own numbers.
+    assert result["mAP50"] == pytest.approx(56 / 101)
+    assert result["by_size"] == coco_map(SIZE_DETS, SIZE_TRUTHS, num_classes=1)["by_size"]
+
+
+def test_bins_evaluated_at_iou_50_alone_agree_with_coco_sizes_on_random_cases():
+    # The bins' COCOeval matches at IoU 0.5 only; on COCO's own ranges it must give the full run's AP@0.5.
+    for seed in range(5):
+        dets, truths = _random_case(seed)
+        coco_ranges = {size: r["area"] for size, r in coco_map(dets, truths, num_classes=3)["by_size"].items()}
+        result = coco_map(dets, truths, num_classes=3, area_ranges=coco_ranges)
+        for size, summary in result["by_size"].items():
+            assert result["by_bin"][size]["mAP50"] == pytest.approx(summary["mAP50"], nan_ok=True), (seed, size)
+            assert result["by_bin"][size]["n_truths"] == summary["n_truths"]
+
+
+def test_ap_by_size_without_truths_is_nan():
+    result = coco_map([[[0, 0, 10, 10, 0.9, 0]]], [np.zeros((0, 5))], num_classes=1, area_ranges={"a": (0, 50)})
+    assert all(math.isnan(v["mAP50"]) and v["n_truths"] == 0 for v in result["by_size"].values())
+    assert math.isnan(result["by_bin"]["a"]["mAP50"])
+
+
+@pytest.mark.parametrize("bad", [(5, 1), (-1, 4), (0, math.inf), (1, 2, 3)])
+def test_bad_area_range_raises(bad):
+    with pytest.raises(EvaluationInputError, match="area range 'x'"):
+        coco_map([[]], [[[0, 0, 0, 1, 1]]], area_ranges={"x": bad})

@@ -72,3 +72,14 @@ def test_matching_reports_a_missing_detection():
     got = want[:1] + np.array([0, 0, 0, 0, 0, 1e-4, 0], dtype=np.float32)
     diff, pairs, unpaired = match_detections(got, want)
     assert pairs == 1 and unpaired == 1 and diff == pytest.approx(1e-4, rel=1e-2)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_stride4_cfg_exports(images, fmt, tmp_path):
+    torch.manual_seed(0)
+    net = Darknet.from_cfg(packaged_cfg("yolov3-tiny-4l-small"), num_classes=3).eval()
+    path = export_model(net, BoxCoder(), tmp_path / f"m.{fmt}", fmt, IMGSZ)
+    check = check_export(net, BoxCoder(), path, fmt, images, False, CONF, IOU, MAX_DET)
+    # 3 anchors per cell on grids of 128 / 32, / 16, / 8 and / 4: 3 * (16 + 64 + 256 + 1024) = 4080 boxes
+    assert check.compared == 3 * 4080 * 8
+    assert check.max_abs_diff <= ABS_TOL + FLOAT32_REL * check.max_value

@@ -156,7 +156,7 @@ def test_round_trip_keeps_floats_exact():
 
 def test_packaged_cfgs():
     names = packaged_cfgs()
-    assert {"yolov3-tiny-small", "yolov3-tiny-3l-small"} <= set(names)
+    assert {"yolov3-tiny-small", "yolov3-tiny-3l-small", "yolov3-tiny-4l-small"} <= set(names)
     for name in names:
         path = packaged_cfg(name)
         assert path.is_file() and path.name == f"{name}.cfg"
@@ -164,3 +164,12 @@ def test_packaged_cfgs():
     assert packaged_cfg("yolov3-tiny-small") == packaged_cfg("yolov3-tiny-small.cfg")
     with pytest.raises(FileNotFoundError, match="available"):
         packaged_cfg("nope")
+
+
+@pytest.mark.parametrize("name", packaged_cfgs())
+def test_packaged_cfgs_round_trip(name, tmp_path):
+    sections = _parse_quiet(packaged_cfg(name))
+    written = parse_cfg(write_cfg(sections, tmp_path / f"{name}.cfg"))
+    assert [(s.type, s.values()) for s in written] == [(s.type, s.values()) for s in sections]
+    for yolo in (s for s in sections if s.type == "yolo"):  # masks index the anchors; num counts them
+        assert len(yolo["anchors"]) == 2 * yolo["num"] and max(yolo["mask"]) < yolo["num"]

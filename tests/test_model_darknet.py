@@ -57,6 +57,29 @@ def test_packaged_small_cfgs_by_hand():
     assert 500_000 < n_params(small3) < 1_500_000
 
 
+def test_packaged_stride4_cfg_by_hand():
+    # yolov3-tiny-4l-small: yolov3-tiny-3l-small's convolutions, then a fourth head: 1x1 64 -> 16 on the stride-8
+    # head's features, upsampled and joined to layer 4 (32 filters, stride 4), 3x3 48 -> 32, head 32 -> 45.
+    convs = [(3, 3, 8, 1), (3, 8, 16, 1), (3, 16, 32, 1), (3, 32, 64, 1), (3, 64, 128, 1), (3, 128, 256, 1),
+             (3, 256, 192, 1), (1, 192, 96, 1), (3, 96, 192, 1), (1, 192, 45, 0),
+             (1, 96, 64, 1), (3, 64 + 128, 128, 1), (1, 128, 45, 0),
+             (1, 128, 32, 1), (3, 32 + 64, 64, 1), (1, 64, 45, 0),
+             (1, 64, 16, 1), (3, 16 + 32, 32, 1), (1, 32, 45, 0)]
+    model = Darknet.from_cfg(packaged_cfg("yolov3-tiny-4l-small"))
+    assert n_params(model) == sum(_conv_count(*c) for c in convs)
+    assert (model.strides, model.num_classes, model.input_size) == ([32, 16, 8, 4], 10, (256, 256))
+    # 12 anchors, 3 per head, masks 9-11 / 6-8 / 3-5 / 0-2: the smallest (3 x 4 px) at stride 4, largest at 32.
+    sizes = [a.tolist() for a in model.anchors]
+    assert sizes[3] == [[3, 4], [4, 5], [6, 8]] and sizes[0] == [[73, 92], [105, 131], [150, 188]]
+    flat = [wh for scale in reversed(sizes) for wh in scale]
+    assert flat == sorted(flat, key=lambda wh: wh[0] * wh[1])  # finer stride, smaller anchors
+    for side in (256, 480):
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, side, side))
+        # [B, anchors, H, W, 5 + classes] with H = W = side / stride
+        assert [tuple(o.shape) for o in out] == [(1, 3, side // s, side // s, 15) for s in (32, 16, 8, 4)]
+
+
 @pytest.mark.parametrize(
     ("name", "strides"),
     [("yolov3", [32, 16, 8]), ("yolov3-tiny", [32, 16]), ("yolov3-spp", [32, 16, 8]),

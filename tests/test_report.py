@@ -33,6 +33,9 @@ EVIL_NAME = "<script>alert('x')</script>"
 VAL_MAP50 = [0.10, 0.35, 0.30]
 VAL_MAP50_95 = [0.04, 0.12, 0.11]
 VAL_TOTAL = [9.0, 6.5, 4.25]
+# Val mAP50 per epoch by COCO size and by the dataset's size bins (mAP50_95 is half of it); None: no truths.
+VAL_SIZE_MAP50 = {"small": [0.0, 0.05, 0.1], "medium": [0.2, 0.5, 0.45], "large": [0.3, 0.6, 0.7]}
+VAL_BIN_MAP50 = {"3x2-5x4": [0.0, 0.02, 0.04], "40x30-200x150": [None, 0.6, 0.65]}
 IOU_PRIOR = {"train": 0.45, "val": 0.44}  # IoU of the anchors alone with the truths they are assigned
 VAL_IOU = {0: [0.40, 0.52, 0.61], 1: [None, 0.47, 0.55]}  # s1 had no positives in epoch 0
 # Gradient share per scale, term and epoch (train rows only); the terms of a scale sum to 1 at each epoch.
@@ -80,6 +83,11 @@ def _rows(scale_offset: float = 0.0, grad_shares: dict | None = GRAD_SHARES) -> 
                         f"stat/n_pos/s{s}": 0.0 if iou is None else 12.0, f"stat/n_ignored/s{s}": 3.0}
             if split == "val":
                 row |= {"loss/total": VAL_TOTAL[epoch], "mAP50": VAL_MAP50[epoch], "mAP50_95": VAL_MAP50_95[epoch]}
+                for size, values in VAL_SIZE_MAP50.items():
+                    row |= {f"mAP50_{size}": values[epoch], f"mAP50_95_{size}": values[epoch] / 2}
+                for name, values in VAL_BIN_MAP50.items():
+                    v = values[epoch]
+                    row |= {f"bin/{name}/mAP50": v}
             else:
                 row |= {"loss/total": 10.0 - epoch, "lr": 0.001 * (epoch + 1), "warmup": max(0.0, 1 - epoch)}
                 for s, terms in (grad_shares or {}).items():
@@ -170,7 +178,7 @@ def test_report_sections_in_order(report):
     path, page = report
     assert path.name == "report.html"
     assert page.sections == ["summary", "findings", "losses", "grad_shares", "statistics", "schedule", "histograms",
-                             "map", "thresholds", "anchors"]
+                             "map", "sizes", "thresholds", "anchors"]
     assert "details" in page.tags and "script" not in page.tags
 
 
@@ -181,6 +189,38 @@ def test_summary_shows_test_metrics_when_the_run_has_them(tmp_path):
     (run / "test_metrics.json").write_text(json.dumps({"mAP50": 0.91834, "mAP50_95": 0.6065, "n_images": 250}))
     summary = {row[0]: row[1] for row in Page(write_report(run).read_text()).table_with("value")[1:]}
     assert (summary["test mAP50"], summary["test mAP50_95"], summary["test n_images"]) == ("0.9183", "0.6065", "250")
+
+
+def test_size_section_table_and_plot(report):
+    page = report[1]
+    table = page.table_with("val mAP50 (last epoch)")
+    assert table[0] == ["size", "val mAP50 (last epoch)", "val mAP50_95 (last epoch)"]  # no test_metrics.json
+    assert table[1:] == [["COCO small", "0.1000", "0.0500"], ["COCO medium", "0.4500", "0.2250"],
+                         ["COCO large", "0.7000", "0.3500"], ["bin 3x2-5x4", "0.0400", "–"],
+                         ["bin 40x30-200x150", "0.6500", "–"]]  # bins: AP@0.5 only
+    (src,) = page.section_imgs["sizes"]
+    with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+        # two panels of plots.WIDE_SIZE (6.3 x 2.8 in) side by side, margins 0.7 + 0.2 and 0.35 + 0.5 in, 100 dpi
+        assert image.size == (round((2 * 6.3 + 0.7 + 0.2) * 100), round((2.8 + 0.35 + 0.5) * 100))
+    legend = "".join(page.section_text["sizes"])
+    assert all(name in legend for name in ("small", "medium", "large", "3x2-5x4", "40x30-200x150"))
+
+
+def test_size_section_shows_test_ap_by_size(tmp_path):
+    run = make_run(tmp_path, "tested")
+    nan = float("nan")
+    by_size = {"small": {"mAP50": 0.25, "mAP50_95": 0.125, "n_truths": 8, "area": [0, 1024]},
+               "medium": {"mAP50": 0.5, "mAP50_95": 0.25, "n_truths": 4, "area": [1024, 9216]},
+               "large": {"mAP50": nan, "mAP50_95": nan, "n_truths": 0, "area": [9216, 1e10]}}
+    by_bin = {"3x2-5x4": {"mAP50": 0.125, "n_truths": 5, "area": [1.5, 5.0]}}
+    (run / "test_metrics.json").write_text(json.dumps({"mAP50": 0.4, "mAP50_95": 0.2, "n_images": 9,
+                                                       "by_size": by_size, "by_bin": by_bin}))
+    table = Page(write_report(run).read_text()).table_with("test mAP50")
+    rows = {row[0]: row[3:] for row in table[1:]}
+    assert rows["COCO small"] == ["0.2500", "0.1250", "8", "0 - 1024"]
+    assert rows["COCO large"] == ["–", "–", "0", "9216 - 1e+10"]  # no truths: no AP
+    assert rows["bin 3x2-5x4"] == ["0.1250", "–", "5", "1.5 - 5"]
+    assert rows["bin 40x30-200x150"] == ["–", "–", "–", "–"]  # a bin the test evaluation did not have
 
 
 def test_summary_best_map_by_hand(report):
@@ -197,7 +237,7 @@ def test_summary_best_map_by_hand(report):
 
 def test_images_are_embedded_pngs(report):
     path, page = report
-    assert len(page.imgs) == 6  # loss grid, gradient shares, statistics, lr, histograms, mAP
+    assert len(page.imgs) == 7  # loss grid, gradient shares, statistics, lr, histograms, mAP, AP by size
     for src in page.imgs:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -270,7 +310,18 @@ def test_report_without_optional_files(tmp_path):
     text = "".join(page.text)
     assert "no findings.json in this run" in text and "no anchor_fit.json in this run" in text
     assert "no histograms logged" in text
-    assert len(page.imgs) == 5
+    assert len(page.imgs) == 6
+
+
+def test_report_of_a_run_without_ap_by_size_says_so(tmp_path):
+    run = make_run(tmp_path, "older")
+    by_size = ("_small", "_medium", "_large")
+    rows = [{k: v for k, v in json.loads(line).items() if not (k.startswith("bin/") or k.endswith(by_size))}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = Page(write_report(run).read_text())
+    assert page.section_imgs["sizes"] == []
+    assert "no AP by object size logged" in "".join(page.section_text["sizes"])
 
 
 def test_bad_metrics_line_names_file_and_line(tmp_path):
@@ -451,7 +502,7 @@ def test_report_without_grad_shares_shows_the_note(tmp_path):
     page = Page(write_report(run, tmp_path / "out.html").read_text())
     assert page.section_imgs["grad_shares"] == []
     assert GRAD_SHARE_SECTION_NOTE in "".join(page.section_text["grad_shares"])
-    assert len(page.imgs) == 5  # the other plots are still there
+    assert len(page.imgs) == 6  # the other plots are still there
 
 
 def test_grad_share_grid_plots_the_logged_shares():

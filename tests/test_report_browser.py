@@ -320,6 +320,7 @@ def test_every_plot_has_a_legend_in_distinct_painted_colours(pages, kind):
         assert legends["losses"] == ["train", "val"]
         assert legends["statistics"][:4] == ["iou train", "iou val", "iou_prior train", "iou_prior val"]
         assert legends["grad_shares"] == ["box", "obj", "noobj", "cls"]
+        assert legends["sizes"] == ["small", "medium", "large", "3x2-5x4", "40x30-200x150"]  # COCO's, then the bins
     else:  # a colour per run, then the line styles
         assert legends["losses"] == [EVIL_NAME, "beta", "train", "val"]
         assert legends["map"][:2] == [EVIL_NAME, "beta"]

@@ -85,3 +85,30 @@ def scale_of(text: str) -> int | None:
     """The scale of any per-scale key, with or without a group; None for other text."""
     parts = split(text)
     return None if parts is None else parts[2]
+
+
+# Validation AP by object size (evaluate/coco.py's ``by_size`` and ``by_bin``), as metrics.jsonl and TensorBoard
+# name them (``val/`` in front there): ``mAP50_small``, ``mAP50_95_small`` … for COCO's area ranges,
+# ``bin/<name>/mAP50`` for a dataset's own size bins (data/size_bins.py; AP@0.5 only). Neither form ends in
+# ``/s<i>``: no per-scale key is mistaken for one.
+MAP_METRICS = ("mAP50", "mAP50_95")
+BIN_METRIC = "mAP50"
+COCO_SIZES = ("small", "medium", "large")  # pycocotools' areaRngLbl after "all"
+BIN = "bin"
+_BIN_KEY = re.compile(rf"^{BIN}/(?P<name>[^/]+)/(?P<metric>{'|'.join(MAP_METRICS)})$")
+
+
+def size_key(metric: str, size: str) -> str:
+    """``size_key("mAP50", "small") == "mAP50_small"``: AP in one of COCO's area ranges."""
+    return f"{metric}_{size}"
+
+
+def bin_key(name: str, metric: str) -> str:
+    """``bin_key("3x2-5x4", "mAP50") == "bin/3x2-5x4/mAP50"``: AP in one of a dataset's size bins."""
+    return f"{BIN}/{name}/{metric}"
+
+
+def parse_bin_key(text: str) -> tuple[str, str] | None:
+    """``parse_bin_key("bin/3x2-5x4/mAP50") == ("3x2-5x4", "mAP50")``; None for any other text."""
+    match = _BIN_KEY.match(text)
+    return None if match is None else (match["name"], match["metric"])

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 console = Console()
 
 DEFAULT_SCALES = 3  # YOLOv3's three heads, used when no --cfg says how many there are
+DEFAULT_NUM = 9  # YOLOv3's nine anchors, proposed when neither --num nor --cfg says how many
 # The ratio rule's size limit: the loss's own default (ultralytics anchor_t), as yololab.anchors takes it.
 DEFAULT_ANCHOR_T = LossConfig.model_fields["anchor_t"].default
 # Proposed anchors are rounded to 0.1 px: readable in a cfg, and far below what moves an IoU.
@@ -29,7 +30,8 @@ MIN_ANCHOR = 10.0 ** -ANCHOR_DECIMALS  # rounding must not give a zero-sized anc
 
 def anchors_command(
     data: Annotated[Path, typer.Argument(help="The dataset's data.yaml (its train split is used).")],
-    num: Annotated[int, typer.Option(help="Number of anchors (a multiple of the number of scales).")] = 9,
+    num: Annotated[int | None, typer.Option(help="Number of anchors (a multiple of the number of scales; "
+                                                 "default: as many as the cfg has, else 9).")] = None,
     img_size: Annotated[int, typer.Option(help="Network input size: boxes are measured after the "
                                                "letterbox to this size.")] = 416,
     cfg: Annotated[str | None, typer.Option(help="Darknet cfg (path or packaged name) whose anchors to "
@@ -67,6 +69,8 @@ def anchors_command(
         model = Darknet.from_cfg(resolve_cfg(cfg)) if cfg is not None else None
         strides = model.strides if model is not None else None
         n_scales = len(strides) if strides is not None else DEFAULT_SCALES
+        if num is None:
+            num = sum(len(a) for a in model.anchors) if model is not None else DEFAULT_NUM
         wh = collect_box_sizes(data, "train", img_size)
         proposed_flat = kmeans_anchors(wh, num, seed=seed).round(decimals=ANCHOR_DECIMALS)
         proposed_flat = proposed_flat.clamp(min=MIN_ANCHOR)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from yololab.commands.messages import fail, printable
 from yololab.data.errors import DataError
+from yololab.data.size_bins import SIZE_BINS_KEY, SizeBins
 from yololab.data.sparse import (
     DEFAULT_SIZES,
     HIT_DENSITY,
@@ -316,13 +317,14 @@ def parse_fractions(text: str, option: str) -> list[float]:
     return parts
 
 
-def _images_and_labels(source: Path) -> tuple[list[Path], list[np.ndarray], list[str]]:
+def _images_and_labels(source: Path) -> tuple[list[Path], list[np.ndarray], list[str], SizeBins | None]:
     """Images of ``source`` (every split of a data.yaml, once each, or a folder / .txt list), their class
-    ids, and class names (a folder's are "0".."max class")."""
+    ids, class names (a folder's are "0".."max class") and the data.yaml's size bins (None for a folder)."""
+    size_bins = None
     if source.is_file() and source.suffix.lower() in (".yaml", ".yml"):
         spec = load_data_yaml(source)
         images = list(dict.fromkeys(p for split in spec.splits.values() for p in split))
-        names, num_classes = spec.names, spec.num_classes
+        names, num_classes, size_bins = spec.names, spec.num_classes, spec.size_bins
     else:
         images = _list_images(source)
         names, num_classes = [], ANY_CLASS
@@ -336,7 +338,7 @@ def _images_and_labels(source: Path) -> tuple[list[Path], list[np.ndarray], list
     if not names:
         top = max((int(c.max()) for c in classes if len(c)), default=0)
         names = [str(i) for i in range(top + 1)]
-    return images, classes, names
+    return images, classes, names, size_bins
 
 
 def split_command(
@@ -364,7 +366,7 @@ def split_command(
     if not overwrite and any(p.exists() for p in written):
         _fail(f"{out} already holds a split (data.yaml or lists); pass --overwrite to replace it")
     try:
-        images, classes, names = _images_and_labels(source)
+        images, classes, names, size_bins = _images_and_labels(source)
         indices = (stratified_split_indices(classes, parts, seed) if stratify
                    else split_indices(len(images), parts, seed))
     except (DataError, ValueError) as err:
@@ -381,6 +383,8 @@ def split_command(
         if lines:  # an empty list is no split: load_data_yaml refuses one
             spec[key] = f"{key}.txt"
     spec["names"] = names
+    if size_bins is not None:  # the images keep their pixels, so the source's size bins still hold
+        spec[SIZE_BINS_KEY] = size_bins.to_yaml()
     spec["split"] = {"source": str(source), "fractions": parts, "seed": seed, "stratify": stratify}
     (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     console.print(_split_table(source, indices, classes, names))

@@ -39,6 +39,8 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
                  weights: str = "best", device: str = "cpu", with_thresholds: bool = False) -> Any:
     """COCO metrics of a checkpoint on a split (default: the run's own dataset); with ``with_thresholds``
     returns ``(metrics, threshold analysis)``."""
+    from yololab.data import load_data_yaml
+    from yololab.data.size_bins import input_area_ranges
     from yololab.detect import resolve_checkpoint, resolve_device
     from yololab.engine.checkpoint import load_module
     from yololab.engine.split_predictions import split_predictions
@@ -48,13 +50,30 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
     checkpoint, _ = resolve_checkpoint(run_or_ckpt, weights)
     module = load_module(checkpoint)
     cfg = module.cfg
-    dets, truths = split_predictions(module, data or Path(cfg.data.data or ""), split, batch,
-                                     imgsz or cfg.data.imgsz, resolve_device(device))
-    metrics = {**coco_map(dets, truths, num_classes=len(module.names), names=module.names), "split": split,
-               "weights": str(checkpoint)}
+    spec = load_data_yaml(data or Path(cfg.data.data or ""))
+    size = imgsz or cfg.data.imgsz
+    dets, truths = split_predictions(module, spec, split, batch, size, resolve_device(device))
+    metrics = {**coco_map(dets, truths, num_classes=len(module.names), names=module.names,
+                          area_ranges=input_area_ranges(spec.size_bins, size)),
+               "split": split, "weights": str(checkpoint), "input_size": size}
     if not with_thresholds:
         return metrics
     return metrics, threshold_analysis(dets, truths, module.names)
+
+
+def size_table(result: dict) -> Table:
+    """AP by object size: COCO's small / medium / large, then the dataset's own size bins (if it has any)."""
+    table = Table(title=f"AP by object size (box area w*h in pixels² of the {result.get('input_size', '')} px "
+                        "network input, after letterbox; both ends included)")
+    for col in ("size", "area", "truths", "AP50", "AP50_95"):
+        table.add_column(col)
+    rows = [(f"COCO {name}", r) for name, r in result["by_size"].items()]
+    rows += [(f"bin {name}", r) for name, r in result["by_bin"].items()]  # AP@0.5 only
+    for name, r in rows:
+        lo, hi = r["area"]
+        ap50_95 = f"{r['mAP50_95']:.4f}" if "mAP50_95" in r else "-"
+        table.add_row(escape(name), f"{lo:g} - {hi:g}", str(r["n_truths"]), f"{r['mAP50']:.4f}", ap50_95)
+    return table
 
 
 def _write_threshold_plots(analysis: dict, folder: Path) -> list[Path]:
@@ -79,7 +98,11 @@ def eval_command(
     device: DeviceOption = "cpu",
     out: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
 ) -> None:
-    """COCO mAP@0.5 and mAP@0.5:0.95 per class on a whole split, and the confidence threshold with the best F1.
+    """COCO mAP@0.5 and mAP@0.5:0.95 per class and per object size on a whole split, and the confidence
+    threshold with the best F1.
+
+    AP by size: COCO's small (< 32²), medium and large (> 96²) box areas, and the data.yaml's own size_bins
+    when it declares some, all in pixels² of the network input after letterbox.
 
     On a run folder it writes RUN/<split>_metrics.json (test_metrics.json is what the report shows), records
     the best-F1 confidence in RUN/thresholds.json (detect's default; the val split's is preferred) and the
@@ -103,6 +126,7 @@ def eval_command(
     for cls, row in result["per_class"].items():
         table.add_row(str(cls), f"{row['AP50']:.4f}", f"{row['AP50_95']:.4f}", str(row["n_truths"]))
     console.print(table)
+    console.print(size_table(result))
     if analysis["best_conf"] is None:
         console.print("F1 is 0 at every confidence (nothing found at IoU 0.5): no threshold recorded")
     else:

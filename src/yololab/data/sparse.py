@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from yololab.data.size_bins import SIZE_BINS_KEY, SizeBins
 from yololab.data.synthetic import label_line, pair_iou, prepare_output_dir
 
 SHAPES = ("track", "shower", "blob")  # the hit patterns an object can be drawn as
@@ -152,7 +153,7 @@ def make_sparse(
 
     Writes ``images/{train,val,test}/NNNNNN.png``, ``labels/{train,val,test}/NNNNNN.txt`` (``class cx cy
     w h`` normalised; empty for a background image) and ``data.yaml`` with a ``generator`` block
-    recording every parameter.
+    recording every parameter and a ``size_bins`` block (:func:`size_bins`) that evaluation reports AP per.
     """
     names, shapes = class_shapes(classes)
     params = SparseParams(img_size, channels, shapes, tuple(objects_per_image), tuple(size_mix), noise,
@@ -194,10 +195,23 @@ def make_sparse(
             "max_placement_tries": MAX_PLACEMENT_TRIES,
             "image_seed": "numpy.random.default_rng([seed, split_number, index]); train=0 val=1 test=2",
         },
+        SIZE_BINS_KEY: size_bins(size_mix, img_size).to_yaml(),
     }
     yaml_path = out_dir / "data.yaml"
     yaml_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return yaml_path
+
+
+def size_bins(size_mix: Sequence[SizeBin], img_size: int) -> SizeBins:
+    """The size mix as evaluation bins: per bin, ``WxH-WxH`` -> the areas ``[min_w * min_h, max_w * max_h]``
+    (pixels² at ``img_size``) its boxes can have. A box is exactly its drawn size (the patch's hits span it),
+    and sides are capped at the image as :func:`_draw_size` caps them."""
+    areas = {}
+    for b in size_mix:
+        (lo_w, lo_h), (hi_w, hi_h) = ((min(v, img_size) for v in wh) for wh in (b.min_wh, b.max_wh))
+        name = f"{b.min_wh[0]}x{b.min_wh[1]}-{b.max_wh[0]}x{b.max_wh[1]}"
+        areas[name] = (float(lo_w * lo_h), float(hi_w * hi_h))
+    return SizeBins(img_size, areas)
 
 
 def _check_params(p: SparseParams) -> None:

@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 from yololab.data.errors import DataError
+from yololab.data.size_bins import SIZE_BINS_KEY, SizeBins, parse_size_bins
 
 # Image suffixes taken as images in a split folder: ultralytics' IMG_FORMATS, less those PIL cannot
 # decode without plug-ins (heic, mpo, dng, pfm).
@@ -49,13 +50,15 @@ class DataSpec:
 
     ``root`` is the yaml's ``path`` resolved against the yaml's folder (the folder itself when
     ``path`` is absent); ``splits`` maps each split present in the yaml to its image paths, in a
-    stable order (sorted within a folder, file order within a list).
+    stable order (sorted within a folder, file order within a list). ``size_bins`` is the dataset's own
+    object-size bins (the optional ``size_bins`` block, :mod:`yololab.data.size_bins`), None without it.
     """
 
     yaml_path: Path
     root: Path
     names: list[str]
     splits: dict[str, list[Path]] = field(default_factory=dict)
+    size_bins: SizeBins | None = None
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +95,10 @@ def load_data_yaml(path: str | Path) -> DataSpec:
             splits[key] = resolve_split(key, data[key], root, yaml_path, lines.get(key))
     if "train" not in splits:
         raise DataError(yaml_path, None, "no 'train' split")
-    return DataSpec(yaml_path=yaml_path, root=root, names=names, splits=splits)
+    size_bins = data.get(SIZE_BINS_KEY)
+    if size_bins is not None:
+        size_bins = parse_size_bins(size_bins, yaml_path, lines.get(SIZE_BINS_KEY))
+    return DataSpec(yaml_path=yaml_path, root=root, names=names, splits=splits, size_bins=size_bins)
 
 
 def _key_lines(text: str) -> dict[str, int]:

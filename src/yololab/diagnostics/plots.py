@@ -366,6 +366,40 @@ def map_plot(runs) -> Figure | None:
     return fig
 
 
+def size_names(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """COCO's sizes and the dataset's size bins that the val rows hold an mAP50 of (bins in logged order)."""
+    sizes = [size for size in scale_keys.COCO_SIZES
+             if any(scale_keys.size_key("mAP50", size) in row for row in rows if row.get("split") == "val")]
+    bins = [parsed[0] for row in rows if row.get("split") == "val" for key in row
+            if (parsed := scale_keys.parse_bin_key(key)) and parsed[1] == "mAP50"]
+    return sizes, list(dict.fromkeys(bins))
+
+
+def size_map_plot(rows: list[dict]) -> Figure | None:
+    """Validation mAP50 per epoch of each object size of one run: COCO's small / medium / large (left panel) and
+    the dataset's own size bins (right panel, when it has some). None when no val row has them; an epoch whose
+    size had no truths is a gap."""
+    sizes, bins = size_names(rows)
+    if not sizes and not bins:
+        return None
+    panels = [("val mAP50 by COCO size", [(s, scale_keys.size_key("mAP50", s)) for s in sizes])]
+    if bins:
+        panels.append(("val mAP50 by the dataset's size bins", [(b, scale_keys.bin_key(b, "mAP50")) for b in bins]))
+    fig, axes = _grid(1, len(panels), WIDE_SIZE)
+    keys, colour_index = [], 0
+    for ax, (title, named) in zip(axes[0], panels, strict=True):
+        for name, key in named:
+            colour = run_colour(colour_index)
+            colour_index += 1
+            _line(ax, *series(rows, "val", key), colour, "-", "o")
+            keys.append(Key(name, colour, "-", "o"))
+        _panel(ax, title)
+        ax.set_ylim(*SHARE_LIMITS)  # an AP: always on the same 0..1 axis
+        ax.set_xlabel("epoch", fontsize="small")
+    _legend(fig, keys)
+    return fig
+
+
 def histogram_grid(runs) -> Figure | None:
     """Validation histograms (rows = obj_pos, obj_neg, iou; columns = scales) as shares of samples per bin.
 

@@ -342,6 +342,39 @@ def _curves(runs: list[Run]) -> list[tuple[str, list[dict]]]:
     return [(r.label, r.rows) for r in runs]
 
 
+SIZE_NOTE = ("AP@0.5 (and AP@0.5:0.95) of the objects of each size alone, computed by pycocotools' COCOeval with "
+             "its area ranges: COCO's small (box area w*h < 32²), medium and large (> 96²), and the dataset's own "
+             "size bins when its data.yaml declares some (size_bins), all in pixels² of the network input after "
+             "letterbox. A size without truths has no AP (–).")
+
+
+def _sizes(run: Run) -> str:
+    """AP by object size: the last val epoch (and the test split, when evaluated) as a table, then per epoch."""
+    sizes, bins = plots.size_names(run.rows)
+    if not sizes and not bins:
+        return '<p class="none">no AP by object size logged (runs from before it was measured)</p>'
+    last, test = final_row(run.rows, "val") or {}, run.test or {}
+    entries = [(f"COCO {s}", [scale_keys.size_key(m, s) for m in scale_keys.MAP_METRICS],
+                (test.get("by_size") or {}).get(s)) for s in sizes]
+    entries += [(f"bin {b}", [scale_keys.bin_key(b, m) for m in scale_keys.MAP_METRICS],
+                 (test.get("by_bin") or {}).get(b)) for b in bins]
+    header = ["size", "val mAP50 (last epoch)", "val mAP50_95 (last epoch)"]
+    with_test = bool(test.get("by_size"))
+    if with_test:
+        header += ["test mAP50", "test mAP50_95", "test truths", "area (input px²)"]
+    body = [[label, *(last.get(k) for k in logged), *(_test_cells(tested or {}) if with_test else [])]
+            for label, logged, tested in entries]
+    return (f"<p>{html.escape(SIZE_NOTE)}</p>" + _table(header, body)
+            + _img(plots.size_map_plot(run.rows), "AP by object size"))
+
+
+def _test_cells(summary: dict) -> list:
+    """mAP50, mAP50_95, truths and area range of one size in test_metrics.json; NaN (no truths) shown as '–'."""
+    aps = [None if v is None or math.isnan(v) else v for v in (summary.get(m) for m in scale_keys.MAP_METRICS)]
+    area = " - ".join(f"{v:g}" for v in summary["area"]) if "area" in summary else None
+    return [*aps, summary.get("n_truths"), area]
+
+
 REPORT_SECTIONS: list[Section] = [
     ("summary", "Summary", lambda run: _summary(run) + _config(run)),
     ("findings", "Findings", lambda run: _findings(run.findings)),
@@ -353,6 +386,7 @@ REPORT_SECTIONS: list[Section] = [
     ("histograms", "Validation histograms",
      lambda run: _img(plots.histogram_grid([(run.label, run.histograms)]), "histograms")),
     ("map", "Validation mAP", lambda run: _img(plots.map_plot(_curves([run])), "mAP")),
+    ("sizes", "AP by object size", _sizes),
     ("thresholds", "Confidence thresholds", lambda run: thresholds_section(run.path)[2]),
     ("anchors", "Anchor fit", lambda run: _anchor_fit(run.anchor_fit)),
 ]
@@ -363,7 +397,8 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
 
     Sections (``REPORT_SECTIONS``), in order: summary with the resolved config, findings, loss curves (rows =
     terms, columns = scales; train solid, val dashed), gradient shares per scale, statistics per scale, learning
-    rate and the loss's anchor-prior warm-up, validation histograms, mAP, anchor fit. The gradient shares follow
+    rate and the loss's anchor-prior warm-up, validation histograms, mAP, AP by object size, confidence thresholds,
+    anchor fit. The gradient shares follow
     the loss curves because they tell which of those terms actually drives each head. Raises ReportError for a
     missing or bad run file.
     """

@@ -2,8 +2,10 @@
 
 Everything the module logs follows DESIGN.md's names: ``{train,val}/loss/<term>/s<i>`` (weighted),
 ``{train,val}/unweighted/<term>/s<i>``, ``{train,val}/stat/<name>/s<i>``, ``{train,val}/loss/total``,
-``val/mAP50``, ``val/mAP50_95``, ``lr``, ``lr_warmup`` (share of the epoch's steps inside the learning-rate
-warm-up) and ``warmup`` (share inside the loss's anchor-prior warm-up).
+``val/mAP50``, ``val/mAP50_95``, the APs by object size (``val/mAP50_small`` … for COCO's area ranges and
+``val/bin/<name>/mAP50`` … for the dataset's own size bins, ``yololab.keys``; areas in network-input pixels),
+``lr``, ``lr_warmup`` (share of the epoch's steps inside the learning-rate warm-up) and ``warmup`` (share inside
+the loss's anchor-prior warm-up).
 
 The steps return ``{"loss", "breakdown"}`` (and ``"raw"``, the detached head outputs, in validation) so that
 diagnostics callbacks (``yololab.diagnostics.callbacks``) read them in ``on_*_batch_end``.
@@ -19,8 +21,10 @@ from torch import Tensor
 
 from yololab import keys
 from yololab.config import OptimConfig, RunConfig
+from yololab.data.size_bins import SizeBins, input_area_ranges
 from yololab.engine.schedule import warmup_cosine
 from yololab.evaluate import coco_map, nms
+from yololab.evaluate.coco import size_metrics
 from yololab.evaluate.runner import truths_in_pixels
 from yololab.loss import LossBreakdown, YoloLoss
 from yololab.model.build import build_model
@@ -39,14 +43,17 @@ class YoloModule(L.LightningModule):
     """Lightning module. ``config`` is a RunConfig as a dict (so checkpoints are self-contained);
     ``cfg_text`` the darknet cfg the model was built from (with its anchors); ``names`` the class names;
     ``head_priors`` the initial head biases measured on the training labels (``HeadPriors.as_dict()`` of
-    ``label_priors``), required when ``model.head_prior`` is labels and ignored otherwise."""
+    ``label_priors``), required when ``model.head_prior`` is labels and ignored otherwise; ``size_bins`` the
+    dataset's size bins that validation reports AP per (not saved in checkpoints: ``yololab eval`` takes the
+    bins of the data.yaml it evaluates on)."""
 
     def __init__(self, config: dict[str, Any], cfg_text: str, names: list[str],
-                 head_priors: dict[str, list[float]] | None = None):
+                 head_priors: dict[str, list[float]] | None = None, size_bins: SizeBins | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["size_bins"])
         self.cfg = RunConfig(**config)
         self.names = list(names)
+        self.size_bins = size_bins
         mode = self.cfg.model.head_prior
         if mode == "labels":
             if head_priors is None:
@@ -59,6 +66,7 @@ class YoloModule(L.LightningModule):
         self.loss = YoloLoss(self.cfg.loss, self.model.anchors, self.model.strides, len(names))
         self._dets: list[Tensor] = []
         self._truths: list[Tensor] = []
+        self._input_side = 0  # side of the (square) validation input, for the size bins' letterbox factor
         self._lr_warmup_steps = 0  # set by configure_optimizers
 
     def forward(self, images: Tensor) -> list[Tensor]:
@@ -86,6 +94,7 @@ class YoloModule(L.LightningModule):
         dets = nms(decoded, conf_thres=tc.conf_thres, iou_thres=tc.iou_thres, max_det=tc.max_det)
         self._dets.extend(d.cpu() for d in dets)
         self._truths.extend(truths_in_pixels(targets, len(images), tuple(images.shape[-2:])))
+        self._input_side = min(images.shape[-2:])
         return {"loss": breakdown.total, "breakdown": breakdown, "raw": [r.detach() for r in raw]}
 
     def on_validation_epoch_end(self) -> None:
@@ -95,9 +104,11 @@ class YoloModule(L.LightningModule):
             return
         if self.trainer.world_size > 1:
             dets, truths = _gather(dets), _gather(truths)
-        result = coco_map(dets, truths, num_classes=len(self.names), names=self.names)
-        self.log("val/mAP50", result["mAP50"], sync_dist=False, rank_zero_only=False)
-        self.log("val/mAP50_95", result["mAP50_95"], sync_dist=False, rank_zero_only=False)
+        result = coco_map(dets, truths, num_classes=len(self.names), names=self.names,
+                          area_ranges=input_area_ranges(self.size_bins, self._input_side))
+        # Every rank evaluates the gathered whole split: the values agree, nothing to reduce.
+        for key, value in {"mAP50": result["mAP50"], "mAP50_95": result["mAP50_95"], **size_metrics(result)}.items():
+            self.log(f"val/{key}", value, sync_dist=False, rank_zero_only=False)
 
     def _log_breakdown(self, split: str, br: LossBreakdown, batch_size: int) -> None:
         opts = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size,

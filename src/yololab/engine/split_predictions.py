@@ -8,16 +8,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from yololab.data import DataError
+from yololab.data import DataError, DataSpec
 from yololab.engine.datamodule import YoloDataModule
 from yololab.engine.module import YoloModule
 from yololab.evaluate.runner import collect_predictions
 
 
-def split_predictions(module: YoloModule, data_yaml: str | Path, split: str, batch: int, imgsz: int,
+def split_predictions(module: YoloModule, data_yaml: str | Path | DataSpec, split: str, batch: int, imgsz: int,
                       device: str | torch.device = "cpu") -> tuple[list[Tensor], list[Tensor]]:
     """Detections ``[K, 6]`` and truths ``[M, 5]`` (input pixels) of every image of ``split``, read under the
-    run's own box policy and validated first; DataError naming the data.yaml when it has no such split."""
+    run's own box policy and validated first; DataError naming the data.yaml when it has no such split.
+    ``data_yaml`` is a path or an already loaded DataSpec."""
     cfg = module.cfg
     dm = YoloDataModule(data_yaml, imgsz, batch, cfg.data.workers, channels=module.model.channels,
                         boxes_outside=cfg.data.boxes_outside)

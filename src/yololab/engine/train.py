@@ -34,6 +34,7 @@ from yololab.anchors import (
 )
 from yololab.config import ConfigError, RunConfig, save_config
 from yololab.data import DataError, DataSpec, load_data_yaml
+from yololab.data.size_bins import SizeBins
 from yololab.diagnostics.bn_check import BatchNormCheck
 from yololab.diagnostics.callbacks import diagnostics_callbacks
 from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
@@ -274,13 +275,14 @@ def _cfg_text(cfg: RunConfig) -> str:
 
 
 def make_module(cfg: RunConfig, names: list[str], head_priors: dict[str, list[float]] | None = None,
-                start_weights: bool = True) -> YoloModule:
+                start_weights: bool = True, size_bins: SizeBins | None = None) -> YoloModule:
     """A fresh YoloModule for ``cfg`` (with ``model.anchors`` when given), starting from ``model.weights`` when the
     config names some and ``start_weights`` (a resumed run takes its weights from its checkpoint instead): one info
     line says what was loaded and what re-initialised (engine/transfer.py). ``head_priors``
     (``label_priors(...).as_dict()``) for ``model.head_prior=labels``; heads re-initialised because the weights
-    have another class count get the same priors."""
-    module = YoloModule(cfg.model_dump(mode="json"), _cfg_text(cfg), names, head_priors)
+    have another class count get the same priors. Validation reports AP per ``size_bins`` (the dataset's, if it
+    declares any)."""
+    module = YoloModule(cfg.model_dump(mode="json"), _cfg_text(cfg), names, head_priors, size_bins)
     if cfg.model.weights and start_weights:
         rank_zero_info(load_start_weights(module.model, cfg.model.weights))
     return module
@@ -505,7 +507,7 @@ def train(cfg: RunConfig, resume: bool = False, exist_ok: bool = False, progress
     # Seeded right before the weights are drawn: the same seed and config give the same weights, whatever the
     # validation and autoanchor did before.
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    module = make_module(cfg, spec.names, head_priors, start_weights=not resume)
+    module = make_module(cfg, spec.names, head_priors, start_weights=not resume, size_bins=spec.size_bins)
     # One input of the run's size: Lightning's model summary counts the FLOPs of a forward pass on it.
     module.example_input_array = torch.zeros(1, module.model.channels, cfg.data.imgsz, cfg.data.imgsz)
     if first_process:

@@ -18,6 +18,23 @@ Conventions:
   AP 0.
 - No truths at all: ``mAP50`` and ``mAP50_95`` are NaN (undefined, as for a class without truths).
 - No detections at all (and some truths): every AP is 0.0.
+
+AP by object size (``by_size`` and ``by_bin``), computed by COCOeval itself from ``params.areaRng``:
+
+- ``by_size`` holds COCO's area ranges as pycocotools defines them (``Params.areaRngLbl`` / ``areaRng``):
+  ``small`` (area <= 32**2), ``medium`` (32**2 .. 96**2), ``large`` (>= 96**2). The area of a box is ``w * h``
+  in the pixels of the boxes given; yololab passes boxes in network-input pixels after letterbox, so "small"
+  means small *as the network sees it* (COCO's own areas are in original-image pixels: the two agree only
+  when images are not resized).
+- ``by_bin`` holds the caller's ``area_ranges`` (a dataset's size bins, ``yololab.data.size_bins``), in the
+  same pixels, with AP@0.5 only (``mAP50``, the project's headline metric): they are evaluated by a second
+  COCOeval on the same detections whose ``areaRng`` is the bins and whose ``iouThrs`` is ``[0.5]`` alone,
+  which gives the same AP@0.5 as a run over all ten thresholds at a tenth of its matching work.
+- Ranges are closed at both ends, as COCOeval treats them: a box whose area lies on a boundary counts in
+  both ranges; a truth outside a range is ignored there, as is an unmatched detection outside it.
+- Each range has ``mAP50`` (``by_size`` also ``mAP50_95``), the mean over the classes with a truth in the
+  range, ``n_truths`` (truths in the range) and ``area`` ``[lo, hi]``. A range without truths has NaN APs (key
+  present, value NaN: AP is undefined without anything to recall, as for a class without truths).
 """
 
 from __future__ import annotations
@@ -25,12 +42,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
+
+from yololab import keys
 
 # COCO's standard cap on detections per image (the third entry of COCOeval's maxDets [1, 10, 100]).
 DEFAULT_MAX_DETS = 100
@@ -39,8 +58,9 @@ _DET_COLUMNS = 6  # x1, y1, x2, y2, score, class
 _TRUTH_COLUMNS = 5  # class, x1, y1, x2, y2
 _DET_XYXY = slice(0, 4)
 _TRUTH_XYXY = slice(1, 5)
-_AREA_ALL = 0  # index of the "all" area range in COCOeval.params.areaRng
+_AREA_ALL = "all"  # label of COCO's whole area range in COCOeval.params.areaRngLbl
 _IOU50 = 0  # index of IoU 0.5 in COCOeval.params.iouThrs (0.5, 0.55, ..., 0.95)
+_BIN_IOU_THRESHOLDS = [0.5]  # the size bins are evaluated at AP@0.5 alone (see the module docstring)
 _MISSING = -1  # COCOeval's marker in eval["precision"] for "no truths of this class"
 
 
@@ -55,6 +75,7 @@ def coco_map(
     names: Sequence[str] | None = None,
     image_sizes: Sequence[tuple[int, int]] | None = None,
     max_dets: int = DEFAULT_MAX_DETS,
+    area_ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """COCO mAP of detections against truths.
 
@@ -65,10 +86,14 @@ def coco_map(
         names: class names, used as the keys of ``per_class`` (class ids otherwise).
         image_sizes: per image ``(height, width)`` written into the COCO images (not needed for boxes).
         max_dets: COCOeval's detections cap per image and class.
+        area_ranges: extra area ranges ``{name: (lo, hi)}`` (pixels² of the boxes given, closed) to report in
+            ``by_bin``; COCO's small / medium / large are always reported in ``by_size``.
 
     Returns:
         ``{"mAP50", "mAP50_95", "per_class": {name_or_id: {"AP50", "AP50_95", "n_truths"}},
-        "n_images", "n_truths", "n_dets"}`` (see the module docstring for NaN and 0 cases).
+        "by_size": {"small" | "medium" | "large": {"mAP50", "mAP50_95", "n_truths", "area"}},
+        "by_bin": {name: {"mAP50", "n_truths", "area"}}, "n_images", "n_truths", "n_dets"}`` with ``area`` the
+        range ``[lo, hi]`` (see the module docstring for NaN and 0 cases and for the area ranges).
     """
     det_arrays = [_as_array(d, _DET_COLUMNS, _DET_XYXY, "dets", i) for i, d in enumerate(dets)]
     truth_arrays = [_as_array(t, _TRUTH_COLUMNS, _TRUTH_XYXY, "truths", i) for i, t in enumerate(truths)]
@@ -77,15 +102,26 @@ def coco_map(
     gt = _coco_from_dict(_gt_dataset(truth_arrays, num_classes, image_sizes))
     results = _result_dicts(det_arrays)
     n_truths_per_class = _count_truths(truth_arrays, num_classes)
-    ap50, ap50_95 = _per_class_ap(gt, results, num_classes, max_dets)
-    keys = list(names) if names is not None else list(range(num_classes))
+    coco_ranges = _coco_area_ranges()
+    bins = _check_area_ranges(area_ranges or {})
+    dt = _detections(gt, results)
+    per_range = dict(zip(coco_ranges, _per_class_ap(gt, dt, num_classes, max_dets, list(coco_ranges.values())),
+                         strict=True))
+    per_bin = _per_class_ap(gt, dt, num_classes, max_dets, list(bins.values()), _BIN_IOU_THRESHOLDS) if bins else []
+    ap50, ap50_95 = per_range[_AREA_ALL]
+    class_keys = list(names) if names is not None else list(range(num_classes))
+    areas = _truth_areas(truth_arrays)
     return {
         "mAP50": _nanmean(ap50),
         "mAP50_95": _nanmean(ap50_95),
         "per_class": {
-            keys[c]: {"AP50": ap50[c], "AP50_95": ap50_95[c], "n_truths": n_truths_per_class[c]}
+            class_keys[c]: {"AP50": ap50[c], "AP50_95": ap50_95[c], "n_truths": n_truths_per_class[c]}
             for c in range(num_classes)
         },
+        "by_size": {label: {"mAP50": _nanmean(per_range[label][0]), "mAP50_95": _nanmean(per_range[label][1]),
+                            **_range_truths(areas, rng)} for label, rng in coco_ranges.items() if label != _AREA_ALL},
+        "by_bin": {name: {"mAP50": _nanmean(aps[0]), **_range_truths(areas, rng)}
+                   for (name, rng), aps in zip(bins.items(), per_bin, strict=True)},
         "n_images": len(truth_arrays),
         "n_truths": sum(n_truths_per_class),
         "n_dets": sum(len(d) for d in det_arrays),
@@ -185,26 +221,66 @@ def _coco_from_dict(dataset: dict[str, list]) -> COCO:
     return coco
 
 
-def _per_class_ap(
-    gt: COCO, results: list[dict], num_classes: int, max_dets: int
-) -> tuple[list[float], list[float]]:
-    """Run COCOeval; return per class (AP50, AP50_95), NaN for classes without truths."""
-    if not gt.dataset["annotations"]:
-        return [math.nan] * num_classes, [math.nan] * num_classes
+def _coco_area_ranges() -> dict[str, list[float]]:
+    """COCO's area ranges as pycocotools defines them: ``{"all": [0, 1e10], "small": [0, 32**2], ...}``."""
+    params = Params(iouType="bbox")
+    return dict(zip(params.areaRngLbl, params.areaRng, strict=True))
+
+
+def _check_area_ranges(ranges: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """``{name: [lo, hi]}`` as floats; EvaluationInputError for a range that is not ``0 <= lo <= hi``."""
+    out = {}
+    for name, rng in ranges.items():
+        values = [float(v) for v in rng]
+        if len(values) != 2 or not all(math.isfinite(v) for v in values) or not 0 <= values[0] <= values[1]:
+            raise EvaluationInputError(f"coco_map: area range {name!r} must be [lo, hi] with 0 <= lo <= hi, "
+                                       f"got {list(rng)}")
+        out[str(name)] = values
+    return out
+
+
+def _truth_areas(truths: list[np.ndarray]) -> np.ndarray:
+    """``[M]`` areas ``w * h`` of every truth (pixels², the ``area`` written into the COCO annotations)."""
+    boxes = np.concatenate([t[:, _TRUTH_XYXY] for t in truths] + [np.zeros((0, 4))])
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _range_truths(areas: np.ndarray, rng: list[float]) -> dict:
+    """The truths whose area lies in the closed range ``rng``, and the range."""
+    return {"n_truths": int(((areas >= rng[0]) & (areas <= rng[1])).sum()), "area": list(rng)}
+
+
+def _detections(gt: COCO, results: list[dict]) -> COCO:
+    """The detections as a COCO result set on ``gt``'s images."""
     with contextlib.redirect_stdout(io.StringIO()):
         if results:
-            dt = gt.loadRes(results)
-        else:  # loadRes indexes results[0]: an empty result set is built directly.
-            dt = _coco_from_dict({"images": gt.dataset["images"], "annotations": [], "categories": []})
+            return gt.loadRes(results)
+    # loadRes indexes results[0]: an empty result set is built directly.
+    return _coco_from_dict({"images": gt.dataset["images"], "annotations": [], "categories": []})
+
+
+def _per_class_ap(
+    gt: COCO, dt: COCO, num_classes: int, max_dets: int, area_ranges: list[list[float]],
+    iou_thresholds: list[float] | None = None,
+) -> list[tuple[list[float], list[float]]]:
+    """Run COCOeval once over ``area_ranges`` (and ``iou_thresholds``, default COCO's 0.5 .. 0.95); return per
+    range the per-class (AP at IoU 0.5, AP averaged over the thresholds), NaN for classes without truths in the
+    range. COCOeval's per-image matching costs one pass per range and threshold."""
+    if not gt.dataset["annotations"]:
+        return [([math.nan] * num_classes, [math.nan] * num_classes) for _ in area_ranges]
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(gt, dt, iouType="bbox")
         evaluator.params.maxDets = [max_dets]
+        evaluator.params.areaRng = [list(r) for r in area_ranges]
+        evaluator.params.areaRngLbl = [str(i) for i in range(len(area_ranges))]  # labels are not read by evaluate
+        if iou_thresholds is not None:
+            evaluator.params.iouThrs = np.array(iou_thresholds, dtype=np.float64)
         evaluator.evaluate()
         evaluator.accumulate()
     # precision: [iou thresholds, recall thresholds, classes, area ranges, max dets]
-    precision = evaluator.eval["precision"][:, :, :, _AREA_ALL, -1]
-    ap50 = [_mean_valid(precision[_IOU50, :, c]) for c in range(num_classes)]
-    ap50_95 = [_mean_valid(precision[:, :, c]) for c in range(num_classes)]
-    return ap50, ap50_95
+    precision = evaluator.eval["precision"][..., -1]
+    return [([_mean_valid(precision[_IOU50, :, c, a]) for c in range(num_classes)],
+             [_mean_valid(precision[:, :, c, a]) for c in range(num_classes)]) for a in range(len(area_ranges))]
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -216,3 +292,12 @@ def _mean_valid(values: np.ndarray) -> float:
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
+
+
+def size_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The APs by size of a :func:`coco_map` result under their logged names (``yololab.keys``):
+    ``{"mAP50_small": …, "mAP50_95_small": …, …, "bin/<name>/mAP50": …}``."""
+    out = {keys.size_key(metric, size): result["by_size"][size][metric]
+           for size in keys.COCO_SIZES for metric in keys.MAP_METRICS}
+    out |= {keys.bin_key(name, keys.BIN_METRIC): summary[keys.BIN_METRIC] for name, summary in result["by_bin"].items()}
+    return out
