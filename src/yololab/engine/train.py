@@ -39,7 +39,9 @@ from yololab.diagnostics.bn_check import BatchNormCheck
 from yololab.diagnostics.callbacks import diagnostics_callbacks
 from yololab.diagnostics.runfiles import HISTOGRAMS_FILE
 from yololab.engine.checkpoint import (
+    RUN_CFG,
     AtomicCheckpointIO,
+    CheckpointError,
     check_weights_fit,
     load_checkpoint_file,
     remove_stale_temporaries,
@@ -309,8 +311,12 @@ def _probe_module(cfg: RunConfig, names: list[str]) -> YoloModule:
 def _resumed_anchors(cfg: RunConfig, resumed: dict, path: Path) -> RunConfig:
     """A resumed run trains with the anchors its checkpoint was made with (``model.anchors`` of its config, e.g.
     the ones autoanchor fitted), never re-fitted: taken from the checkpoint when ``cfg`` gives none; ConfigError
-    when ``cfg`` gives others."""
-    saved = resumed.get("hyper_parameters", {}).get("config", {}).get("model", {}).get("anchors")
+    when ``cfg`` gives others; CheckpointError for another cfg."""
+    model = resumed.get("hyper_parameters", {}).get("config", {}).get("model", {})
+    saved = model.get("anchors")
+    if model.get("cfg") != cfg.model.cfg:
+        raise CheckpointError(path, None, f"{RUN_CFG}: model.cfg {model.get('cfg')}, not {cfg.model.cfg} (a resumed "
+                                          "run keeps its cfg: start a new run, e.g. with --set model.weights=RUN)")
     if cfg.model.anchors is None:
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"anchors": saved})})
     if cfg.model.anchors != saved:
