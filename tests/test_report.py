@@ -555,3 +555,25 @@ def test_cli_report_and_compare(tmp_path):
     result = runner.invoke(_app(report_command), [str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "no such directory" in result.output
+
+
+def test_autoanchor_decision_in_words_and_both_fits(tmp_path):
+    """A run whose anchors autoanchor replaced: the decision as a sentence, the configured and the k-means fit side
+    by side, and the record kept out of the one-value-per-row table."""
+    run = make_run(tmp_path, "autoanchored")
+    configured = {"anchors": [[[81, 82], [135, 169]], [[10, 14], [23, 27]]], "bpr_ratio": 0.9, "bpr_iou50": 0.5,
+                  "mean_best_iou": 0.55}
+    fitted = {"anchors": [[[40.5, 30], [60, 44]], [[6, 4], [12, 9.25]]], "bpr_ratio": 1.0, "bpr_iou50": 0.95,
+              "mean_best_iou": 0.8}
+    record = {"enabled": True, "pinned": False, "threshold": 0.98, "seed": 0, "applied": True, "reason": "applied",
+              "configured": configured, "fitted": fitted, "kmeans_error": None}
+    (run / "anchor_fit.json").write_text(json.dumps({**ANCHOR_FIT, "autoanchor": record,
+                                                     "kmeans": {"mean_best_iou": 0.8}}))
+    page = Page(write_report(run).read_text())
+    assert ("autoanchor: k-means anchors fitted better and replaced the configured ones (config.yaml: "
+            "model.anchors).") in " ".join(page.text)
+    fits = page.table_with("best possible recall (ratio)")
+    assert fits[1] == ["configured", "0.9000", "0.5000", "0.5500", "81x82 135x169 | 10x14 23x27"]
+    assert fits[2] == ["k-means", "1.0000", "0.9500", "0.8000", "40.5x30 60x44 | 6x4 12x9.25"]
+    overall = {row[0] for row in page.table_with("measure")[1:]}
+    assert not overall & {"autoanchor", "kmeans"}

@@ -277,12 +277,38 @@ def severity_counts(findings: list[dict] | None) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order) or "none"
 
 
+# What autoanchor did (anchor_fit.json's "autoanchor" record), in words.
+AUTOANCHOR_DECISIONS = {
+    "fits": "the configured anchors fit (best possible recall at or above model.autoanchor_bpr): kept",
+    "applied": "k-means anchors fitted better and replaced the configured ones (config.yaml: model.anchors)",
+    "kmeans_not_better": "the configured anchors fit poorly, but k-means anchors did no better: kept",
+    "pinned": "the configured anchors fit poorly; k-means anchors would fit better, but model.anchors pins them",
+    "off": "the configured anchors fit poorly; k-means anchors would fit better, but model.autoanchor is false",
+    "kmeans_failed": "the configured anchors fit poorly and k-means could not run: kept",
+}
+NESTED_FIT_RECORDS = ("autoanchor", "kmeans")  # shown in words and as a table, not as one cell each
+
+
+def _autoanchor(record: dict | None) -> str:
+    """Autoanchor's decision and the configured vs k-means fit, as a sentence and a table."""
+    if not record:
+        return ""
+    decision = AUTOANCHOR_DECISIONS.get(record.get("reason"), str(record.get("reason")))
+    rows = [[which, *(fit.get(k) for k in ("bpr_ratio", "bpr_iou50", "mean_best_iou")),
+             " | ".join(" ".join(f"{w:g}x{h:g}" for w, h in scale) for scale in fit.get("anchors", []))]
+            for which, fit in (("configured", record.get("configured")), ("k-means", record.get("fitted"))) if fit]
+    return (f"<p>autoanchor: {html.escape(decision)}.</p>"
+            + _table(["anchors", "best possible recall (ratio)", "share with IoU > 0.5", "mean best IoU",
+                      "w x h per scale (px)"], rows))
+
+
 def _anchor_fit(fit: dict | None) -> str:
     if fit is None:
         return '<p class="none">no anchor_fit.json in this run</p>'
     per_scale = {k: v for k, v in fit.items() if k.endswith("_per_scale") or k == "strides"}
-    overall = [[k, v] for k, v in fit.items() if k not in per_scale and k not in ("anchors", "share_per_anchor")]
-    out = _table(["measure", "value"], overall)
+    overall = [[k, v] for k, v in fit.items()
+               if k not in per_scale and k not in ("anchors", "share_per_anchor", *NESTED_FIT_RECORDS)]
+    out = _autoanchor(fit.get("autoanchor")) + _table(["measure", "value"], overall)
     if "anchors" in fit:
         shares = fit.get("share_per_anchor") or [None] * len(fit["anchors"])
         out += _table(["anchor", "w x h (px)", "share of truths (best IoU)"],
