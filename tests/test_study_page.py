@@ -116,3 +116,22 @@ def test_gaps_findings_and_plots(folder):
     assert len(page.section_imgs["map"]) == 1 and len(page.section_imgs["losses"]) == 1
     assert all(src.startswith("data:image/png;base64,") for src in page.imgs)
     assert page.sections[:4] == ["summary", "verdicts", "configurations", "differences"]
+
+
+def test_results_csv_has_ap_by_size_columns_of_every_run_that_logged_them(tmp_path):
+    from yololab.study.results import RunRow, size_aps, write_csv
+
+    val = {"mAP50": 0.5, "mAP50_small": 0.2, "mAP50_95_small": 0.1, "mAP50_large": 0.9,
+           "bin/3x2-5x4/mAP50": 0.05, "bin/6x6-40x40/mAP50": 0.4}
+    assert size_aps(val) == {"val_mAP50_small": 0.2, "val_mAP50_large": 0.9, "val_bin_3x2-5x4_mAP50": 0.05,
+                             "val_bin_6x6-40x40_mAP50": 0.4}
+    study_file = tmp_path / "obj.yaml"
+    study_file.write_text(STUDY)
+    study = load_study(study_file)
+    rows = [RunRow("obj_loss=mse", {"loss.obj_loss": "mse"}, seed, "finished", 2, 1.0, 0.5, 0.25, None, None,
+                   tmp_path, [], size_aps(val) if seed == 0 else {}) for seed in (0, 1)]
+    with write_csv(study, rows, tmp_path / "results.csv").open() as handle:
+        written = list(csv.DictReader(handle))
+    assert list(written[0])[-5:] == ["val_mAP50_small", "val_mAP50_large", "val_bin_3x2-5x4_mAP50",
+                                     "val_bin_6x6-40x40_mAP50", "findings"]
+    assert [written[0]["val_bin_3x2-5x4_mAP50"], written[1]["val_bin_3x2-5x4_mAP50"]] == ["0.05", ""]

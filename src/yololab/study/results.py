@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yololab import keys
 from yololab.study.spec import Study
 from yololab.study.trial import FINISHED, RUNS_DIR, final_val, read_record, run_name
 
@@ -33,6 +34,7 @@ class RunRow:
     test_mAP50_95: float | None
     folder: Path
     findings: list[dict] = field(default_factory=list)
+    by_size: dict[str, float | None] = field(default_factory=dict)  # size column -> last val AP@0.5
 
     @property
     def finding_ids(self) -> list[str]:
@@ -62,9 +64,21 @@ def collect(study: Study, study_dir: Path) -> list[RunRow]:
         findings = json.loads(findings_path.read_text()) if findings_path.is_file() else []
         rows.append(RunRow(record.config, record.levels, record.seed, record.status, record.epochs,
                            record.minutes, val.get("mAP50"), val.get("mAP50_95"), test.get("mAP50"),
-                           test.get("mAP50_95"), folder, findings))
+                           test.get("mAP50_95"), folder, findings, size_aps(val)))
     order = {c.name: i for i, c in enumerate(study.configurations)}
     return sorted(rows, key=lambda r: (order.get(r.config, len(order)), r.config, r.seed))
+
+
+def size_aps(val: dict) -> dict[str, float | None]:
+    """AP@0.5 by object size of a val row, as results.csv columns: ``val_mAP50_small`` … for COCO's area ranges,
+    ``val_bin_<name>_mAP50`` for the dataset's own size bins (absent from runs logged without them)."""
+    out = {f"val_{keys.size_key(keys.BIN_METRIC, size)}": val[keys.size_key(keys.BIN_METRIC, size)]
+           for size in keys.COCO_SIZES if keys.size_key(keys.BIN_METRIC, size) in val}
+    for key, value in val.items():
+        parsed = keys.parse_bin_key(key)
+        if parsed is not None and parsed[1] == keys.BIN_METRIC:
+            out[f"val_bin_{parsed[0]}_{parsed[1]}"] = value
+    return out
 
 
 def missing_runs(study: Study, rows: list[RunRow]) -> list[str]:
@@ -79,18 +93,20 @@ def factor_keys(study: Study, rows: list[RunRow]) -> list[str]:
 
 
 def write_csv(study: Study, rows: list[RunRow], path: Path) -> Path:
-    """``results.csv``: config, one column per factor, seed, status, epochs, val and test mAPs, minutes,
-    finding ids (space separated)."""
-    keys = factor_keys(study, rows)
-    header = ["config", *keys, "seed", "status", "epochs", "val_mAP50", "val_mAP50_95", "test_mAP50",
-              "test_mAP50_95", "minutes", "findings"]
+    """``results.csv``: config, one column per factor, seed, status, epochs, val and test mAPs, minutes, val
+    AP@0.5 by object size (``size_aps``; columns of every run that logged them), finding ids (space separated)."""
+    factors = factor_keys(study, rows)
+    sizes = list(dict.fromkeys(k for r in rows for k in r.by_size))
+    header = ["config", *factors, "seed", "status", "epochs", "val_mAP50", "val_mAP50_95", "test_mAP50",
+              "test_mAP50_95", "minutes", *sizes, "findings"]
     with Path(path).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for r in rows:
-            writer.writerow([r.config, *(r.levels.get(k, "") for k in keys), r.seed, r.status, r.epochs,
+            writer.writerow([r.config, *(r.levels.get(k, "") for k in factors), r.seed, r.status, r.epochs,
                              *(_cell(v) for v in (r.val_mAP50, r.val_mAP50_95, r.test_mAP50, r.test_mAP50_95,
-                                                  r.minutes)), " ".join(r.finding_ids)])
+                                                  r.minutes)), *(_cell(r.by_size.get(k)) for k in sizes),
+                             " ".join(r.finding_ids)])
     return Path(path)
 
 
