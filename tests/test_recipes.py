@@ -55,3 +55,10 @@ def test_suggestion_from_the_share_of_tiny_boxes(trial_recipe):
     assert suggest_recipe([below] + [above] * 5, None) is None
     assert suggest_recipe([below] * 5, "sparse") is None  # already in use
     assert suggest_recipe([], None) is None
+
+
+def test_the_shipped_sparse_recipe_is_the_measured_preset():
+    """studies/sparse-presets.yaml measured the darknet preset better on sparse images (docs/studies.md)."""
+    cfg = build_config({}, ["recipe=sparse"])
+    assert (cfg.recipe, cfg.preset, cfg.loss_overrides) == ("sparse", "darknet", {})
+    assert "sparse-presets.yaml" in recipes.RECIPES["sparse"].measured

@@ -9,6 +9,7 @@ import torch
 
 from yololab.loss import YoloLoss, preset
 from yololab.model import Darknet, packaged_cfg
+from yololab.recipes import TINY_BOX_PX, TINY_BOX_SHARE
 
 IMG = 128
 STEPS = 12
@@ -47,7 +48,7 @@ TRAIN_IMGSZ = 64  # network input: the letterbox halves every side, so areas shr
 BINS = {"3x2-5x4": [6 / 4, 20 / 4], "6x6-40x40": [36 / 4, 1600 / 4], "40x30-200x150": [1200 / 4, 128 * 128 / 4]}
 
 
-def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path):
+def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from typer.testing import CliRunner
 
@@ -61,8 +62,17 @@ def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path):
                         "train": {"epochs": 1}},
                        [f"data.imgsz={TRAIN_IMGSZ}", "data.batch=4", "data.workers=0", "model.cfg=yolov3-tiny-4l-small",
                         "diagnostics.report=false"])
-    train(cfg, progress="none")
+    with caplog.at_level("INFO"):
+        train(cfg, progress="none")
     run = tmp_path / "run"
+    # The training boxes' longer sides in input pixels, from the label files: the share under TINY_BOX_PX names
+    # the sparse recipe in one line.
+    sides = [max(float(w), float(h)) * TRAIN_IMGSZ for f in sorted((data.parent / "labels" / "train").glob("*.txt"))
+             for _, _, _, w, h in (line.split() for line in f.read_text().splitlines())]
+    tiny = sum(side < TINY_BOX_PX for side in sides) / len(sides)
+    assert tiny >= TINY_BOX_SHARE
+    assert (f"{tiny:.0%} of the training boxes are under {TINY_BOX_PX:g} px: --recipe sparse was measured better "
+            "on such data") in caplog.text
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert val["split"] == "val" and "loss/obj/s3" in val  # four scales trained and validated
     size_keys = [f"{m}_{s}" for s in ("small", "medium", "large") for m in ("mAP50", "mAP50_95")]
