@@ -682,3 +682,22 @@ def test_anchor_changes_are_suggestions_a_study_can_try():
     pinned = build_config({}, [f"model.anchors={json.dumps(KMEANS_PER_SCALE)}"]).model_dump(mode="json")
     levels, skipped = suggestion_levels(findings, pinned)
     assert skipped == [] and [level["set"] for level in levels] == [f.changes for f in findings]
+
+
+def test_doctor_try_with_nothing_to_try_says_so_and_writes_nothing(tmp_path):
+    """A healthy run (no findings), or one whose only change is a file to write first, has nothing to try:
+    `suggestion_study` writes no study and lists what it left out."""
+    from yololab.config import build_config, save_config
+    from yololab.diagnostics.doctor import Finding
+    from yololab.study.suggestions import suggestion_study
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(build_config({}, []), run / "config.yaml")
+    new_cfg = Finding("anchors_spread", "warning", "m", "s", changes={"model.cfg": "NEW.cfg"})
+    for findings, skipped in (([], []), ([new_cfg], ["anchors_spread: model.cfg=NEW.cfg (NEW.cfg is a file to "
+                                                    "write first)"])):
+        study_dir = tmp_path / f"try-{len(findings)}"
+        suggestions = suggestion_study(run, findings, study_dir, None, 2)
+        assert suggestions.study is None and suggestions.skipped == skipped
+        assert not study_dir.exists()

@@ -89,6 +89,10 @@ def try_suggestions(run: Path, findings: list, epochs: int | None, seeds: int) -
         suggestions = suggestion_study(run, findings, study_dir, epochs, seeds)
         for line in suggestions.skipped:
             console.print(f"not tried: {escape(line)}", soft_wrap=True)
+        if suggestions.study is None:
+            console.print(f"nothing to try: no finding of {escape(str(run))} suggests a change that can be trained",
+                          soft_wrap=True)
+            return
         outcome = run_study(suggestions.study, study_dir.parent, name, verbose=0)
         csv_path, page = write_results(suggestions.study, outcome.study_dir)
     except StudyError as err:

@@ -27,7 +27,7 @@ SUGGESTIONS_FILE = "suggestions.yaml"  # the generated study file, in the study 
 
 @dataclass
 class Suggestions:
-    study: Study
+    study: Study | None  # None when no finding suggests a change that can be tried
     skipped: list[str]  # "rule: change (why)" of each change left out
 
 
@@ -64,15 +64,12 @@ def _unusable(changes: dict, config: dict) -> str | None:
 
 def suggestion_study(run: Path, findings: list, study_dir: Path, epochs: int | None, seeds: int) -> Suggestions:
     """Write ``study_dir/suggestions.yaml`` (the run's config as baseline, one level per usable suggestion)
-    and load it as a Study. Raises StudyError when no suggestion can be tried."""
-    from yololab.study.spec import StudyError
-
+    and load it as a Study; nothing is written and ``study`` is None when no suggestion can be tried."""
     config_path = (run / "config.yaml").resolve()
     config = load_config(config_path)
     levels, skipped = suggestion_levels(findings, config.model_dump(mode="json"))
     if not levels:
-        raise StudyError(run / "findings.json", None, "no suggested change to try" +
-                         (f" (left out: {'; '.join(skipped)})" if skipped else ""))
+        return Suggestions(None, skipped)
     study = {
         "description": f"the doctor's suggestions for {run}, against the run's own configuration",
         "data": str(Path(config.data.data).resolve()),
