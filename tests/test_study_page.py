@@ -123,15 +123,28 @@ def test_results_csv_has_ap_by_size_columns_of_every_run_that_logged_them(tmp_pa
 
     val = {"mAP50": 0.5, "mAP50_small": 0.2, "mAP50_95_small": 0.1, "mAP50_large": 0.9,
            "bin/3x2-5x4/mAP50": 0.05, "bin/6x6-40x40/mAP50": 0.4}
-    assert size_aps(val) == {"val_mAP50_small": 0.2, "val_mAP50_large": 0.9, "val_bin_3x2-5x4_mAP50": 0.05,
-                             "val_bin_6x6-40x40_mAP50": 0.4}
+    assert size_aps(val, "val") == {"val_mAP50_small": 0.2, "val_mAP50_large": 0.9, "val_bin_3x2-5x4_mAP50": 0.05,
+                                    "val_bin_6x6-40x40_mAP50": 0.4}
     study_file = tmp_path / "obj.yaml"
     study_file.write_text(STUDY)
     study = load_study(study_file)
     rows = [RunRow("obj_loss=mse", {"loss.obj_loss": "mse"}, seed, "finished", 2, 1.0, 0.5, 0.25, None, None,
-                   tmp_path, [], size_aps(val) if seed == 0 else {}) for seed in (0, 1)]
+                   tmp_path, [], size_aps(val, "val") if seed == 0 else {}) for seed in (0, 1)]
     with write_csv(study, rows, tmp_path / "results.csv").open() as handle:
         written = list(csv.DictReader(handle))
     assert list(written[0])[-5:] == ["val_mAP50_small", "val_mAP50_large", "val_bin_3x2-5x4_mAP50",
                                      "val_bin_6x6-40x40_mAP50", "findings"]
     assert [written[0]["val_bin_3x2-5x4_mAP50"], written[1]["val_bin_3x2-5x4_mAP50"]] == ["0.05", ""]
+
+
+def test_test_ap_by_size_columns_come_from_an_eval_result():
+    """A study run's test_metrics.json is ``yololab eval``'s result: its nested by_size / by_bin become
+    ``test_…`` columns beside the val ones."""
+    from yololab.evaluate.coco import size_metrics
+    from yololab.study.results import size_aps
+
+    test = {"mAP50": 0.5, "by_size": {size: {"mAP50": ap, "mAP50_95": ap / 2, "n_truths": 3}
+                                      for size, ap in (("small", 0.1), ("medium", 0.3), ("large", 0.7))},
+            "by_bin": {"tiny": {"mAP50": 0.05, "mAP50_95": 0.01, "n_truths": 2}}}
+    assert size_aps(size_metrics(test), "test") == {"test_mAP50_small": 0.1, "test_mAP50_medium": 0.3,
+                                                    "test_mAP50_large": 0.7, "test_bin_tiny_mAP50": 0.05}

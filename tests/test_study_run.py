@@ -2,6 +2,8 @@
 the finished runs are not trained again and the study completes with results.csv and study.html."""
 
 import csv
+import json
+import math
 import os
 import signal
 import subprocess
@@ -89,6 +91,8 @@ def test_smoke_study_killed_and_resumed(tmp_path):
         assert [line.count('"split": "val"') for line in (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
         record = read_record(folder)
         assert record.status == "finished" and record.epochs == 1 and record.test["n_images"] == 4
+        assert set(record.test["by_size"]) == {"small", "medium", "large"}  # as `yololab eval` writes it
+        assert json.loads((folder / "test_metrics.json").read_text())["mAP50"] == record.test["mAP50"]
 
     csv_path, page = write_results(study, outcome.study_dir)
     with csv_path.open() as handle:
@@ -96,6 +100,9 @@ def test_smoke_study_killed_and_resumed(tmp_path):
     assert sorted((r["config"], r["seed"]) for r in rows) == [
         ("obj_target=iou", "0"), ("obj_target=iou", "1"), ("obj_target=one", "0"), ("obj_target=one", "1")]
     assert all(0.0 <= float(r["val_mAP50"]) <= 1.0 and float(r["minutes"]) > 0 for r in rows)
+    for r in rows:  # test AP by COCO size, next to the val one, from the run's own test evaluation
+        test_small = read_record(runs / f"{r['config']}-s{r['seed']}").test["by_size"]["small"]["mAP50"]
+        assert r["test_mAP50_small"] == ("" if math.isnan(test_small) else f"{test_small:.6g}")
     text = page.read_text()
     assert "obj_target=iou vs one:" in text and "2 seeds" in text
 

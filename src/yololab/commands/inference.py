@@ -40,11 +40,9 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
     """COCO metrics of a checkpoint on a split (default: the run's own dataset); with ``with_thresholds``
     returns ``(metrics, threshold analysis)``."""
     from yololab.data import load_data_yaml
-    from yololab.data.size_bins import input_area_ranges
     from yololab.detect import resolve_checkpoint, resolve_device
     from yololab.engine.checkpoint import load_module
-    from yololab.engine.split_predictions import split_predictions
-    from yololab.evaluate.coco import coco_map
+    from yololab.engine.split_predictions import split_map
     from yololab.evaluate.thresholds import threshold_analysis
 
     checkpoint, _ = resolve_checkpoint(run_or_ckpt, weights)
@@ -52,10 +50,8 @@ def evaluate_run(run_or_ckpt: Path, data: Path | None, split: str, batch: int, i
     cfg = module.cfg
     spec = load_data_yaml(data or Path(cfg.data.data or ""))
     size = imgsz or cfg.data.imgsz
-    dets, truths = split_predictions(module, spec, split, batch, size, resolve_device(device))
-    metrics = {**coco_map(dets, truths, num_classes=len(module.names), names=module.names,
-                          area_ranges=input_area_ranges(spec.size_bins, size)),
-               "split": split, "weights": str(checkpoint), "input_size": size}
+    result, dets, truths = split_map(module, spec, split, batch, size, resolve_device(device))
+    metrics = {**result, "split": split, "weights": str(checkpoint), "input_size": size}
     if not with_thresholds:
         return metrics
     return metrics, threshold_analysis(dets, truths, module.names)

@@ -34,7 +34,7 @@ class RunRow:
     test_mAP50_95: float | None
     folder: Path
     findings: list[dict] = field(default_factory=list)
-    by_size: dict[str, float | None] = field(default_factory=dict)  # size column -> last val AP@0.5
+    by_size: dict[str, float | None] = field(default_factory=dict)  # size column -> last val / test AP@0.5
 
     @property
     def finding_ids(self) -> list[str]:
@@ -53,6 +53,8 @@ def finding_id(finding: dict) -> str:
 
 def collect(study: Study, study_dir: Path) -> list[RunRow]:
     """The rows of every run with a record, in the study's order (configurations, then seeds)."""
+    from yololab.evaluate.coco import size_metrics
+
     rows = []
     for folder in sorted((Path(study_dir) / RUNS_DIR).glob("*")):
         record = read_record(folder)
@@ -64,20 +66,22 @@ def collect(study: Study, study_dir: Path) -> list[RunRow]:
         findings = json.loads(findings_path.read_text()) if findings_path.is_file() else []
         rows.append(RunRow(record.config, record.levels, record.seed, record.status, record.epochs,
                            record.minutes, val.get("mAP50"), val.get("mAP50_95"), test.get("mAP50"),
-                           test.get("mAP50_95"), folder, findings, size_aps(val)))
+                           test.get("mAP50_95"), folder, findings,
+                           size_aps(val, "val") | (size_aps(size_metrics(test), "test") if "by_size" in test else {})))
     order = {c.name: i for i, c in enumerate(study.configurations)}
     return sorted(rows, key=lambda r: (order.get(r.config, len(order)), r.config, r.seed))
 
 
-def size_aps(val: dict) -> dict[str, float | None]:
-    """AP@0.5 by object size of a val row, as results.csv columns: ``val_mAP50_small`` … for COCO's area ranges,
-    ``val_bin_<name>_mAP50`` for the dataset's own size bins (absent from runs logged without them)."""
-    out = {f"val_{keys.size_key(keys.BIN_METRIC, size)}": val[keys.size_key(keys.BIN_METRIC, size)]
-           for size in keys.COCO_SIZES if keys.size_key(keys.BIN_METRIC, size) in val}
-    for key, value in val.items():
+def size_aps(metrics: dict, split: str) -> dict[str, float | None]:
+    """AP@0.5 by object size of ``metrics`` (a val row, or ``size_metrics`` of a test result: logged names), as
+    results.csv columns: ``<split>_mAP50_small`` … for COCO's area ranges, ``<split>_bin_<name>_mAP50`` for the
+    dataset's own size bins (absent from runs measured without them)."""
+    out = {f"{split}_{keys.size_key(keys.BIN_METRIC, size)}": metrics[keys.size_key(keys.BIN_METRIC, size)]
+           for size in keys.COCO_SIZES if keys.size_key(keys.BIN_METRIC, size) in metrics}
+    for key, value in metrics.items():
         parsed = keys.parse_bin_key(key)
         if parsed is not None and parsed[1] == keys.BIN_METRIC:
-            out[f"val_bin_{parsed[0]}_{parsed[1]}"] = value
+            out[f"{split}_bin_{parsed[0]}_{parsed[1]}"] = value
     return out
 
 
@@ -93,7 +97,7 @@ def factor_keys(study: Study, rows: list[RunRow]) -> list[str]:
 
 
 def write_csv(study: Study, rows: list[RunRow], path: Path) -> Path:
-    """``results.csv``: config, one column per factor, seed, status, epochs, val and test mAPs, minutes, val
+    """``results.csv``: config, one column per factor, seed, status, epochs, val and test mAPs, minutes, val and test
     AP@0.5 by object size (``size_aps``; columns of every run that logged them), finding ids (space separated)."""
     factors = factor_keys(study, rows)
     sizes = list(dict.fromkeys(k for r in rows for k in r.by_size))

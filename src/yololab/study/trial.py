@@ -158,15 +158,15 @@ def _has_test(data_yaml: Path) -> bool:
 
 
 def _test_metrics(checkpoint: Path, cfg) -> dict:
-    """COCO mAP of the run's last checkpoint on the test split (the weights its last val row measured)."""
+    """COCO metrics of the run's last checkpoint on the test split (the weights its last val row measured), as
+    ``yololab eval`` writes them: APs by COCO's sizes and by the data's size bins included."""
+    from yololab.data import load_data_yaml
     from yololab.engine.checkpoint import load_module
-    from yololab.engine.split_predictions import split_predictions
-    from yololab.evaluate.coco import coco_map
+    from yololab.engine.split_predictions import split_map
 
-    module = load_module(checkpoint)
-    dets, truths = split_predictions(module, cfg.data.data, "test", cfg.data.batch, cfg.data.imgsz)
-    result = coco_map(dets, truths, num_classes=len(module.names), names=module.names)
-    return {key: result[key] for key in ("mAP50", "mAP50_95", "n_images") if key in result}
+    result, _, _ = split_map(load_module(checkpoint), load_data_yaml(cfg.data.data), "test", cfg.data.batch,
+                             cfg.data.imgsz)
+    return {**result, "split": "test", "weights": str(checkpoint), "input_size": cfg.data.imgsz}
 
 
 # --------------------------------------------------------------------------------------------- Ray entry points
