@@ -21,6 +21,7 @@ from yololab.engine.precise_bn import estimate_bn_statistics
 from yololab.engine.train import make_module, train
 from yololab.engine.transfer import load_start_weights
 from yololab.model import Darknet, packaged_cfg, parse_cfg, save_darknet_weights
+from yololab.model.build import build_model, read_cfg_text
 from yololab.model.freeze import backbone_layers, set_frozen, trainable_parameters
 from yololab.model.weights import WeightsError, load_darknet_weights
 
@@ -149,6 +150,55 @@ def test_run_folder_transfer_to_another_class_count_reinitialises_heads_only(tmp
     line = load_start_weights(Darknet.from_cfg(packaged_cfg("yolov3-tiny-3l-small"), num_classes=2), run)
     # 16 convolutions: 0, 2, .., 10 between the maxpools, 12-15, 18, 21, 22 and 25, 28, 29; 3 of them heads
     assert f"loaded 13 of 16 conv layers; file has 10 classes, re-initialised heads at layers {TINY_3L_HEADS}" in line
+
+
+# ------------------------------------------------------------------------------------------------ another cfg
+TINY_3L_LAYERS = 31  # yolov3-tiny-3l-small: 31 layers; yolov3-tiny-4l-small is the same 31, then a stride-4 scale
+
+
+def _cfg_checkpoint(path: Path, cfg: str, classes: int) -> tuple[Darknet, str]:
+    """A checkpoint of a randomly initialised packaged ``cfg`` with its cfg text, as a run writes it."""
+    text = read_cfg_text(cfg)
+    model = build_model(text, num_classes=classes)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"cfg_text": text}}, path)
+    return model, text
+
+
+def _layer_tensors(model: Darknet, index: int) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.layers[index].state_dict().items()}
+
+
+@pytest.mark.parametrize(("source_cfg", "target_cfg"), [("yolov3-tiny-3l-small", "yolov3-tiny-4l-small"),
+                                                        ("yolov3-tiny-4l-small", "yolov3-tiny-3l-small")])
+def test_checkpoint_of_a_cfg_that_shares_the_beginning_loads_the_common_layers(tmp_path, source_cfg, target_cfg):
+    torch.manual_seed(0)
+    source, _ = _cfg_checkpoint(tmp_path / "source.ckpt", source_cfg, classes=10)
+    torch.manual_seed(1)
+    target = build_model(read_cfg_text(target_cfg), num_classes=10)
+    before = {i: _layer_tensors(target, i) for i in range(len(target.layers))}
+    line = load_start_weights(target, tmp_path / "source.ckpt")
+    convs = dict(target.conv_layers())
+    for index in range(len(target.layers)):  # the file's convolutions where both cfgs have them, else untouched
+        expected = _layer_tensors(source, index) if index < TINY_3L_LAYERS and index in convs else before[index]
+        assert {k: v.shape for k, v in target.layers[index].state_dict().items()} == \
+            {k: v.shape for k, v in expected.items()}
+        assert all(torch.equal(v, expected[k]) for k, v in target.layers[index].state_dict().items()), index
+    assert f"loaded 16 of {len(convs)} conv layers; the cfgs agree on layers 0-30 only" in line
+    assert "\n" not in line
+
+
+def test_checkpoint_of_a_cfg_with_nothing_in_common_is_refused(tmp_path):
+    other = Darknet.from_cfg(_micro(3, filters=4))
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()},
+                "hyper_parameters": {"cfg_text": _micro(3, filters=4)}}, path)
+    model = Darknet.from_cfg(_micro(3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsError, match=r"other.ckpt: nothing in common with this run's cfg \(layer 0: "
+                                           r"\[convolutional\] filters=4 in the file's cfg, 2 in this run's\)"):
+        load_start_weights(model, path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
 
 
 # ------------------------------------------------------------------------------------------------ frozen layers

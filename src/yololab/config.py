@@ -70,7 +70,9 @@ class ModelConfig(_Strict):
         None, description="Weights a new run starts from: a darknet .weights file (or a prefix such as "
         "darknet53.conv.74), a yololab checkpoint (.ckpt), or a run folder (its best.ckpt, else last.ckpt). Taken "
         "where the layers match: heads of another class count are re-initialised, a 3-channel first convolution "
-        "is summed over RGB for a 1-channel cfg, any other difference is an error. Weights only: the optimiser, "
+        "is summed over RGB for a 1-channel cfg; a checkpoint of another cfg gives the layers both cfgs begin with "
+        "(e.g. yolov3-tiny-4l-small from a yolov3-tiny-3l-small run), the rest keep their initialisation; any other "
+        "difference is an error. Weights only: the optimiser, "
         "epoch and schedule start anew (--resume continues a run).")
     anchors: list[list[list[float]]] | None = Field(
         None, description="Anchors in network-input pixels, one list of [w, h] pairs per [yolo] layer in cfg order, "

@@ -9,7 +9,8 @@
 A file is a checkpoint when it starts with the zip signature of ``torch.save``; anything else is read as darknet
 weights (whose first bytes are a small version number). Only the weights are taken, never the optimiser state,
 epoch or schedule: the run is a new one (``--resume`` continues a run). Heads of another class count are
-re-initialised; a 1-channel model takes a 3-channel source's first convolution summed over its channels.
+re-initialised; a 1-channel model takes a 3-channel source's first convolution summed over its channels; a
+checkpoint of another cfg gives the layers both cfgs begin with (``model/transfer.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def is_checkpoint(path: Path) -> bool:
 def load_start_weights(model: Darknet, source: str | Path) -> str:
     """Load ``model.weights`` into ``model`` (in place); returns the one line saying what was loaded, what was
     re-initialised and whether the first convolution was summed over RGB."""
+    from yololab.model.cfg import parse_cfg
     from yololab.model.transfer import transfer_state
     from yololab.model.weights import load_darknet_weights
 
@@ -57,7 +59,10 @@ def load_start_weights(model: Darknet, source: str | Path) -> str:
     if not isinstance(state, dict) or not any(k.startswith(MODULE_PREFIX) for k in state):
         raise CheckpointError(path, None, "not a yololab checkpoint: no model weights in its state_dict")
     weights = {k[len(MODULE_PREFIX):]: v for k, v in state.items() if k.startswith(MODULE_PREFIX)}
-    report = transfer_state(model, weights, str(path))
+    cfg_text = (checkpoint.get("hyper_parameters") or {}).get("cfg_text")
+    sections = parse_cfg(cfg_text, source=f"{path} (its cfg)") if isinstance(cfg_text, str) else None
+    report = transfer_state(model, weights, str(path), sections)
     epoch = checkpoint.get("epoch")
-    trained = f" (trained {epoch + 1} epochs; weights only: a new run)" if isinstance(epoch, int) else ""
+    epochs = f"{epoch + 1} epoch{'s' if epoch else ''}" if isinstance(epoch, int) else ""
+    trained = f" (trained {epochs}; weights only: a new run)" if epochs else ""
     return f"start weights {report.summary()}{trained}"

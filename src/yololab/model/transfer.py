@@ -9,8 +9,17 @@ norm (parameters and running statistics). Two differences are allowed, as for da
 - the first convolution of a 1-channel model (cfg ``[net] channels=1``) from a 3-channel source: its weights
   are summed over the input channels (``sum_input_channels``).
 
-Anything else that differs (another cfg) is a WeightsError naming the file and the first layer that differs;
-nothing is loaded then. The anchors of ``[yolo]`` layers are not taken: the new run's cfg decides them.
+When the file's own cfg is known (a checkpoint keeps the cfg text it was built from), the two cfgs may differ
+after a common beginning, as darknet's ``partial`` prefix files and ultralytics' transfer of matching layers
+allow: the layers up to the first section that differs in type or options (``[yolo]`` sections are compared by
+type only, head convolutions without ``filters``, which follow the class count) are loaded, the rest keep this
+run's initialisation, e.g. ``yolov3-tiny-4l-small`` from a ``yolov3-tiny-3l-small`` run (the
+same layers, and a fourth scale after them) or the reverse. The common beginning must hold at least one
+convolution.
+
+Anything else that differs (another cfg, when the file's cfg is not known) is a WeightsError naming the file and
+the first layer that differs; nothing is loaded then. The anchors of ``[yolo]`` layers are not taken: the new
+run's cfg decides them.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from yololab.model.cfg import CfgSection
 from yololab.model.darknet import Darknet
 from yololab.model.layers import YOLO_BOX_ENTRIES, ConvLayer
 from yololab.model.weights import RGB_CHANNELS, WeightsError, input_conv_index, sum_input_channels, summed_note
@@ -38,11 +48,16 @@ class TransferReport:
     total_conv_layers: int = 0
     summed_channels: int | None = None
     input_conv: int | None = None
+    common_layers: int | None = None  # layers 0 .. common_layers - 1 taken when the cfgs differ after them
+    first_difference: str = ""  # what differs at layer common_layers, when they do
 
     def summary(self) -> str:
         text = f"{self.path}: loaded {len(self.loaded)} of {self.total_conv_layers} conv layers"
         if self.reinitialised:
             text += f"; file has {self.file_classes} classes, re-initialised heads at layers {self.reinitialised}"
+        if self.common_layers is not None:
+            text += (f"; the cfgs agree on layers 0-{self.common_layers - 1} only ({self.first_difference}): the "
+                     "rest keep this run's initialisation")
         return text + summed_note(self.summed_channels, self.input_conv)
 
 
@@ -99,19 +114,58 @@ def _differs(path: str, index: int, kind: str, have: dict, want: dict) -> Weight
                         "heads' class count and 3 -> 1 input channels may differ)")
 
 
-def transfer_state(model: Darknet, state: dict[str, Tensor], path: str) -> TransferReport:
+HEAD_SIZE_OPTION = "filters"  # a head convolution's filters follow the class count, which may differ
+
+
+def _difference(mine: CfgSection, theirs: CfgSection, head: bool) -> str | None:
+    """What makes two cfg layer sections build different layers, up to what transfer allows to differ (a
+    ``[yolo]``'s anchors and options, a head's filters); None when they build the same layer."""
+    if mine.type != theirs.type:
+        return f"[{theirs.type}] in the file's cfg, [{mine.type}] in this run's"
+    if mine.type == "yolo":
+        return None
+    ignored = {HEAD_SIZE_OPTION} if head else set()
+    a, b = mine.values(), theirs.values()
+    key = next((k for k in sorted(set(a) | set(b)) if k not in ignored and a.get(k) != b.get(k)), None)
+    if key is None:
+        return None
+    return f"[{mine.type}] {key}={b.get(key, '(unset)')} in the file's cfg, {a.get(key, '(unset)')} in this run's"
+
+
+def common_layers(model: Darknet, source_sections: list[CfgSection]) -> tuple[int, str]:
+    """How many leading layers the model's cfg and the file's (``[net]`` first, as parsed) build alike, and what
+    differs at the first layer that does not ("" when one cfg is the other's beginning or both are alike)."""
+    mine, theirs = model.sections[1:], source_sections[1:]
+    for index, (a, b) in enumerate(zip(mine, theirs, strict=False)):
+        if (what := _difference(a, b, index in model.head_indices)) is not None:
+            return index, f"layer {index}: {what}"
+    count = min(len(mine), len(theirs))
+    return count, "" if len(mine) == len(theirs) else f"the file's cfg has {len(theirs)} layers, this run's {len(mine)}"
+
+
+def transfer_state(model: Darknet, state: dict[str, Tensor], path: str,
+                   source_sections: list[CfgSection] | None = None) -> TransferReport:
     """Load a Darknet ``state`` (keys ``layers.<i>....``, e.g. a checkpoint's ``model.`` entries with the prefix
-    removed) into ``model`` in place, as the module docstring says; WeightsError naming ``path`` and the first
+    removed) into ``model`` in place, as the module docstring says; ``source_sections`` the file's parsed cfg
+    when known (then only the layers both cfgs begin with are taken). WeightsError naming ``path`` and the first
     layer that differs, before anything is loaded."""
     model_state = model.state_dict()
+    convs = dict(model.conv_layers())
+    report = TransferReport(path, model.num_classes, total_conv_layers=len(convs))
+    taken = len(model.layers)
+    if source_sections is not None:
+        taken, difference = common_layers(model, source_sections)
+        if not any(index < taken for index in convs):
+            raise WeightsError(f"{path}: nothing in common with this run's cfg ({difference or 'no convolution'})")
+        if difference:
+            report.common_layers, report.first_difference = taken, difference
+        state = {k: v for k, v in state.items() if not k.startswith(LAYER_PREFIX) or int(k.split(".")[1]) < taken}
     extra = sorted(_file_layers(state) - set(range(len(model.layers))))
     if extra:
         raise WeightsError(f"{path}: layer {extra[0]} is in the file but this run's cfg has {len(model.layers)} "
                            "layers (another cfg?)")
-    convs = dict(model.conv_layers())
-    report = TransferReport(path, model.num_classes, total_conv_layers=len(convs))
     plan: list[tuple[int, ConvLayer, dict[str, Tensor], bool]] = []
-    for index, layer in enumerate(model.layers):
+    for index, layer in enumerate(model.layers[:taken]):
         have_tensors = _layer_state(state, index)
         if index not in convs:
             if set(_layer_state(model_state, index)) - {"anchors"} or set(have_tensors) - {"anchors"}:
