@@ -16,7 +16,13 @@ from rich.table import Table
 from yololab.commands.anchors import anchors_command
 from yololab.commands.config_reference import config_command
 from yololab.commands.convert import convert_command
-from yololab.commands.data_tools import check_command, make_sparse_command, split_command, stats_command
+from yololab.commands.data_tools import (
+    check_command,
+    make_photo_command,
+    make_sparse_command,
+    split_command,
+    stats_command,
+)
 from yololab.commands.doctor import doctor_command
 from yololab.commands.inference import detect_command, eval_command, evaluate_run, export_command
 from yololab.commands.messages import EXIT_ERROR, fail, print_error
@@ -76,6 +82,7 @@ def data_make_digits(
 
 
 make_app.command("sparse")(make_sparse_command)
+make_app.command("photo")(make_photo_command)
 data_app.command("check")(check_command)
 data_app.command("stats")(stats_command)
 data_app.command("split")(split_command)

@@ -12,6 +12,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "errors": ["DataError"],
     "formats": ["Annotations", "ImageRecord", "convert", "read_dataset"],
     "letterbox": ["LetterboxInfo", "boxes_from_letterbox", "boxes_to_letterbox", "letterbox"],
+    "photo": ["make_photo"],
     "sparse": ["make_sparse"],
     "splits": ["split_indices"],
     "stats": ["dataset_stats", "plot_stats"],

@@ -26,9 +26,9 @@ def study_data(spec: StudySpec, study_dir: Path) -> Path:
 
 
 def _make(make: MakeData, target: Path) -> None:
-    from yololab.data import make_digits, make_sparse
+    from yololab.data import make_digits, make_photo, make_sparse
 
-    maker = make_digits if make.make == "digits" else make_sparse
+    maker = {"digits": make_digits, "sparse": make_sparse, "photo": make_photo}[make.make]
     maker(target, overwrite=True, **make.options)
 
 

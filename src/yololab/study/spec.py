@@ -39,9 +39,10 @@ class _Strict(BaseModel):
 class MakeData(_Strict):
     """Data generated for the study (into STUDY_DIR/data/ the first time) instead of an existing data.yaml."""
 
-    make: Literal["digits", "sparse"] = Field(description="Generator: yololab data make digits / sparse.")
+    make: Literal["digits", "sparse", "photo"] = Field(
+        description="Generator: yololab data make digits / sparse / photo.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of make_digits / "
-                                    "make_sparse, e.g. {tiny: true, seed: 1}.")
+                                    "make_sparse / make_photo, e.g. {tiny: true, seed: 1}.")
 
 
 class BaseSpec(_Strict):
