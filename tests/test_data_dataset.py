@@ -194,3 +194,25 @@ def test_unreadable_image_raises_data_error(tmp_path):
     with pytest.raises(DataError) as info:
         YoloDataset([bad], 10, 32)[0]
     assert info.value.file == str(bad)
+
+
+def test_epoch_keyed_items_draw_the_same_augmentation_in_any_loader(images):
+    """`(epoch, index)` keys seed each item's augmentation from (seed, epoch, index) alone: the same item in a
+    fresh dataset, in another order and through worker processes; another epoch draws anew."""
+    from yololab.data.augment import AugmentConfig, build_transform
+    from yololab.engine.datamodule import EpochSeededSampler
+
+    def dataset():
+        transform = build_transform(AugmentConfig(degrees=10, translate=0.2, fliplr=0.5), 3, seed=7)
+        return YoloDataset(images, 10, 64, transform=transform)
+
+    keyed = [dataset()[(1, i)] for i in range(len(images))]
+    again = dataset()
+    assert all(torch.equal(again[(1, i)][0], keyed[i][0]) for i in reversed(range(len(images))))
+    sampler = EpochSeededSampler(len(images), seed=3)
+    sampler.set_epoch(1)
+    loader = DataLoader(dataset(), batch_size=1, sampler=sampler, num_workers=2, collate_fn=collate)
+    order = [index for _, index in sampler]
+    for index, (batch, targets, _) in zip(order, loader, strict=True):
+        assert torch.equal(batch[0], keyed[index][0]) and torch.equal(targets[:, 1:], keyed[index][1])
+    assert not all(torch.equal(dataset()[(2, i)][0], keyed[i][0]) for i in range(len(images)))

@@ -78,14 +78,12 @@ def test_train_resume_eval_detect(digits, tmp_path):
 
 
 def test_resume_matches_an_unbroken_run(digits, tmp_path):
-    """Two epochs in one go and one epoch + resume give the same weights (same data order, same state).
-
-    Augmentation is off here: a resumed run restores weights, optimiser, schedule, epoch and data order, but
-    its augmentation draws start a new random stream."""
-    plain = ["data.augment.enabled=false"]
-    train(_config(digits, tmp_path, "straight", 2, plain), progress="none")
-    train(_config(digits, tmp_path, "broken", 1, plain), progress="none")
-    train(_config(digits, tmp_path, "broken", 2, plain), resume=True, progress="none")
+    """Two epochs in one go and one epoch + resume give the same weights (same data order, same augmentations,
+    same state), with mosaic and every other augmentation on."""
+    augmented = ["data.augment.enabled=true", "data.augment.mosaic=0.5"]
+    train(_config(digits, tmp_path, "straight", 2, augmented), progress="none")
+    train(_config(digits, tmp_path, "broken", 1, augmented), progress="none")
+    train(_config(digits, tmp_path, "broken", 2, augmented), resume=True, progress="none")
     a = YoloModule.load_from_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt").state_dict()
     b = YoloModule.load_from_checkpoint(tmp_path / "broken" / "checkpoints" / "last.ckpt").state_dict()
     for key in a:

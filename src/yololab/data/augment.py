@@ -55,7 +55,9 @@ class Augmenter:
 
     In a DataLoader worker the generator is re-seeded from the worker's torch seed (different per
     worker and per epoch, reproducible when the main process is seeded), otherwise every worker would
-    repeat the same augmentations.
+    repeat the same augmentations. A dataset that calls :meth:`seed_sample` before each item instead draws
+    each item's augmentation from (seed, epoch, index) alone: the same in a resumed run as in an unbroken one,
+    whatever the number of workers.
     """
 
     def __init__(
@@ -78,6 +80,8 @@ class Augmenter:
         # A.Mosaic has a fixed output size: the last one built, rebuilt when the image size changes (0.4 ms).
         self._mosaic_compose: tuple[tuple[int, int], A.Compose] | None = None
         self._worker: tuple[int, int] | None = None
+        self._per_sample = False  # set by seed_sample: the worker's seed no longer decides the draws
+        self.seed = seed
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -90,6 +94,14 @@ class Augmenter:
         for compose in composes:
             if compose is not None:
                 compose.set_random_state(self._rng, self._py_random)
+
+    def seed_sample(self, epoch: int, index: int) -> None:
+        """Draw the next item's augmentation (mosaic partners included) from ``(seed, epoch, index)`` alone; a
+        no-op without a seed (draws from the OS)."""
+        if self.seed is None:
+            return
+        self._per_sample = True
+        self.reseed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> Sample:
         """``image [H, W, C] uint8, boxes [M, 4] cxcywh normalised, classes [M]`` -> the same, augmented.
@@ -156,7 +168,7 @@ class Augmenter:
         from torch.utils.data import get_worker_info  # torch is heavy; only looked up here
 
         info = get_worker_info()
-        if info is not None and self._worker != (info.id, info.seed):
+        if info is not None and not self._per_sample and self._worker != (info.id, info.seed):
             self._worker = (info.id, info.seed)
             self.reseed(info.seed)
 

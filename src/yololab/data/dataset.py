@@ -104,10 +104,15 @@ class YoloDataset(Dataset):
         pickles into spawned DataLoader workers)."""
         return self.raw_item(int(rng.integers(len(self))))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Item ``key``: an index, or ``(epoch, index)`` (``EpochSeededSampler``'s keys), which seeds the
+        augmentation of this item from the epoch and index (``Augmenter.seed_sample``)."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         path = self.images[index]
         image, boxes, classes = self.raw_item(index)
         if self.transform is not None:
+            if epoch is not None and hasattr(self.transform, "seed_sample"):
+                self.transform.seed_sample(epoch, index)
             image, boxes, classes = self.transform(image, boxes, classes)
             boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
             classes = np.asarray(classes, dtype=np.float32).reshape(-1)

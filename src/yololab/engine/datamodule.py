@@ -23,11 +23,14 @@ from yololab.data.augment import AugmentConfig, build_transform
 from yololab.data.yolo_format import BoxPolicy
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(Sampler[tuple[int, int]]):
     """Random order that depends only on (seed, epoch): a resumed run sees the same order as an unbroken one.
+    It yields ``(epoch, index)`` keys, from which ``YoloDataset`` seeds each image's augmentation, so a resumed
+    run also draws the same augmentations.
 
     Lightning calls ``set_epoch`` at every epoch start; under DDP it swaps this for a DistributedSampler,
-    which follows the same rule.
+    which follows the same rule for the order (its plain index keys leave the augmentation to the workers'
+    random streams).
     """
 
     def __init__(self, n: int, seed: int):
@@ -36,9 +39,9 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter([(self.epoch, index) for index in torch.randperm(self.n, generator=generator).tolist()])
 
     def __len__(self) -> int:
         return self.n
