@@ -1,4 +1,4 @@
-"""Helpers shared by the tests of the synthetic dataset generators (digits, sparse)."""
+"""Helpers shared by the tests of the synthetic dataset generators (digits, sparse, photo)."""
 
 from __future__ import annotations
 

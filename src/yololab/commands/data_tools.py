@@ -1,4 +1,4 @@
-"""``yololab data make sparse | check | stats | split``: make, check, describe and split datasets."""
+"""``yololab data make sparse | photo``, ``data check | stats | split``: make, check, describe and split datasets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the synthetic dataset generators (digits, sparse) share: output folder, label lines, overlap test."""
+"""What the synthetic dataset generators (digits, sparse, photo) share: output folder, label lines, overlap test."""
 
 from __future__ import annotations
 
