@@ -216,3 +216,21 @@ def test_epoch_keyed_items_draw_the_same_augmentation_in_any_loader(images):
     for index, (batch, targets, _) in zip(order, loader, strict=True):
         assert torch.equal(batch[0], keyed[index][0]) and torch.equal(targets[:, 1:], keyed[index][1])
     assert not all(torch.equal(dataset()[(2, i)][0], keyed[i][0]) for i in range(len(images)))
+
+
+def test_ddp_ranks_share_the_epoch_keys():
+    """Under DDP Lightning wraps the sampler in its DistributedSamplerWrapper: each rank gets its share of the
+    same (epoch, index) keys, with the epoch Lightning sets (forwarded to this sampler)."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from yololab.engine.datamodule import EpochSeededSampler
+
+    plain = EpochSeededSampler(10, seed=3)
+    plain.set_epoch(4)
+    ranks = [DistributedSamplerWrapper(EpochSeededSampler(10, seed=3), num_replicas=2, rank=r, shuffle=False)
+             for r in (0, 1)]
+    for wrapper in ranks:
+        wrapper.set_epoch(4)
+    shares = [list(wrapper) for wrapper in ranks]
+    assert sorted(shares[0] + shares[1]) == sorted(plain) and all(epoch == 4 for epoch, _ in shares[0] + shares[1])
+    assert shares[0] == list(plain)[0::2]  # DistributedSampler without shuffle: rank r takes every 2nd from r

@@ -28,9 +28,9 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
     It yields ``(epoch, index)`` keys, from which ``YoloDataset`` seeds each image's augmentation, so a resumed
     run also draws the same augmentations.
 
-    Lightning calls ``set_epoch`` at every epoch start; under DDP it swaps this for a DistributedSampler,
-    which follows the same rule for the order (its plain index keys leave the augmentation to the workers'
-    random streams).
+    Lightning calls ``set_epoch`` at every epoch start. Under DDP it wraps this sampler in its
+    ``DistributedSamplerWrapper``, which forwards ``set_epoch`` and gives each rank its share of these keys: the
+    same rule holds there.
     """
 
     def __init__(self, n: int, seed: int):
