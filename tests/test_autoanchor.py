@@ -128,6 +128,23 @@ def test_decision_on_hand_made_boxes():
     assert [a.tolist() for a in again.anchors] == new
 
 
+def test_anchors_within_the_ratio_but_of_another_shape_are_refitted_under_the_iou_rule():
+    """Boxes 10x40 and 11x42 and a 20x20 anchor: within a size ratio of 4 (42 / 20 = 2.1), so ultralytics' rule
+    passes (recall 1), but their shape IoUs are 10 * 20 / (400 + 400 - 200) = 1/3 and 11 * 20 / (462 + 400 - 220)
+    = 0.343 < 0.5 (recall at IoU 0.5: 0)."""
+    wh = torch.tensor([[10.0, 40.0]] * 4 + [[11.0, 42.0]] * 4)
+    square = [[[20.0, 20.0]]]
+    ratio_only = autoanchor(wh, square, [32], 4.0, 0.98)
+    assert (ratio_only.reason, ratio_only.configured["bpr_ratio"]) == (FITS, 1.0)
+    assert ratio_only.configured["bpr_iou50"] == 0.0
+    assert ratio_only.configured["mean_best_iou"] == pytest.approx((1 / 3 + 220 / 642) / 2)
+    both = autoanchor(wh, square, [32], 4.0, 0.98, iou_threshold=0.8)
+    assert (both.reason, both.applied) == (APPLIED, True) and both.fitted["bpr_iou50"] == 1.0
+    w, h = both.anchors[0][0].tolist()
+    assert 10 <= w <= 11 and 40 <= h <= 42  # the k-means anchor has the boxes' shape
+    assert both.record()["iou_threshold"] == 0.8
+
+
 def test_kmeans_no_better_keeps_the_anchors():
     """One anchor for a needle lying down and one standing up: no single anchor is within 4x of both, so the
     k-means anchor itself has recall 0.5 and is no better than itself."""

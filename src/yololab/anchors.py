@@ -348,7 +348,7 @@ def anchor_fit_report(data_yaml, anchors_per_scale, strides: Sequence[int], img_
 # --------------------------------------------------------------------------------------------- autoanchor
 
 # Why autoanchor kept or replaced the anchors (anchor_fit.json "autoanchor" / "reason").
-FITS = "fits"  # best possible recall at or above the threshold: nothing to do
+FITS = "fits"  # both best possible recalls at or above their thresholds: nothing to do
 APPLIED = "applied"  # k-means anchors fit better and replace the configured ones
 NOT_BETTER = "kmeans_not_better"  # under the threshold, but k-means anchors do not fit better
 PINNED = "pinned"  # under the threshold, k-means fits better, but model.anchors were given
@@ -373,6 +373,7 @@ class AutoAnchor:
     pinned: bool
     seed: int
     kmeans_error: str | None = None
+    iou_threshold: float = 0.0
 
     @property
     def fit(self) -> dict:
@@ -386,7 +387,8 @@ class AutoAnchor:
                 return None
             return {"anchors": fit["anchors_per_scale"], **{key: fit[key] for key in FIT_SUMMARY}}
 
-        return {"enabled": self.enabled, "pinned": self.pinned, "threshold": self.threshold, "seed": self.seed,
+        return {"enabled": self.enabled, "pinned": self.pinned, "threshold": self.threshold,
+                "iou_threshold": self.iou_threshold, "seed": self.seed,
                 "applied": self.applied, "reason": self.reason, "configured": summary(self.configured),
                 "fitted": summary(self.fitted), "kmeans_error": self.kmeans_error}
 
@@ -398,18 +400,19 @@ def fits_better(new: dict, old: dict) -> bool:
 
 
 def autoanchor(wh, anchors_per_scale, strides: Sequence[int], anchor_t: float, threshold: float, *,
-               enabled: bool = True, pinned: bool = False, seed: int = 0) -> AutoAnchor:
+               iou_threshold: float = 0.0, enabled: bool = True, pinned: bool = False, seed: int = 0) -> AutoAnchor:
     """Keep or replace the configured anchors, as ultralytics' check_anchors does at train start.
 
     ``wh [N, 2]`` box sizes (input pixels), ``anchors_per_scale`` one ``[A, 2]`` set per [yolo] in cfg order,
     ``strides`` per [yolo], ``threshold`` ``model.autoanchor_bpr`` (ultralytics: 0.98). Steps: (1) the best
     possible recall of the configured anchors under the size-ratio rule (``anchor_fit``'s ``bpr_ratio`` with
-    ``anchor_t``); (2) k-means anchors (``kmeans_anchors``, as many as configured, ``seed``), split over the
-    scales by area (``group_per_scale`` with ``strides``) and rounded to ``ANCHOR_DECIMALS``; (3) they replace
-    the configured ones only when the recall is under ``threshold``, they fit better (``fits_better``), the
-    anchors are not ``pinned`` (given explicitly) and autoanchor is ``enabled``. k-means runs in every case,
-    so that the record shows what re-fitting would reach. Raises AnchorError for
-    no boxes.
+    ``anchor_t``) and the share of boxes whose best anchor has shape IoU > 0.5 (``bpr_iou50``); (2) k-means
+    anchors (``kmeans_anchors``, as many as configured, ``seed``), split over the scales by area
+    (``group_per_scale`` with ``strides``) and rounded to ``ANCHOR_DECIMALS``; (3) they replace the configured
+    ones only when the first recall is under ``threshold`` or the second under ``iou_threshold``
+    (``model.autoanchor_bpr_iou50``; 0 = ultralytics' ratio rule alone), they fit better (``fits_better``), the
+    anchors are not ``pinned`` (given explicitly) and autoanchor is ``enabled``. k-means runs in every case, so
+    that the record shows what re-fitting would reach. Raises AnchorError for no boxes.
     """
     sets = [torch.as_tensor(a, dtype=torch.float32).reshape(-1, 2) for a in anchors_per_scale]
     configured = _fit_per_scale(wh, sets, strides, anchor_t)
@@ -423,7 +426,7 @@ def autoanchor(wh, anchors_per_scale, strides: Sequence[int], anchor_t: float, t
         fitted = _fit_per_scale(wh, fitted_sets, strides, anchor_t)
     except AnchorError as err:
         error = str(err)
-    if configured["bpr_ratio"] >= threshold:
+    if configured["bpr_ratio"] >= threshold and configured["bpr_iou50"] >= iou_threshold:
         reason = FITS
     elif fitted is None:
         reason = NO_KMEANS
@@ -433,7 +436,7 @@ def autoanchor(wh, anchors_per_scale, strides: Sequence[int], anchor_t: float, t
         reason = PINNED if pinned else OFF if not enabled else APPLIED
     applied = reason == APPLIED
     return AutoAnchor(fitted_sets if applied else sets, applied, reason, configured, fitted, float(threshold),
-                      enabled, pinned, seed, error)
+                      enabled, pinned, seed, error, float(iou_threshold))
 
 
 def _fit_per_scale(wh, sets: list[Tensor], strides: Sequence[int], anchor_t: float) -> dict:

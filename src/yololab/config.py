@@ -60,6 +60,7 @@ class DataConfig(_Strict):
 # ultralytics' check_anchors (utils/autoanchor.py) re-fits the anchors when their best possible recall under
 # the size-ratio rule is below 0.98.
 AUTOANCHOR_BPR = 0.98
+AUTOANCHOR_BPR_IOU50 = 0.8  # the doctor's min_bpr_iou50: anchors it would call poor are re-fitted
 
 
 class ModelConfig(_Strict):
@@ -81,12 +82,18 @@ class ModelConfig(_Strict):
         "here, so its config.yaml repeats it.")
     autoanchor: bool = Field(
         True, description="At the start of a new run, when the anchors' best possible recall on the training boxes "
-        "(share of boxes with an anchor within a size ratio of loss.anchor_t) is below model.autoanchor_bpr, fit "
+        "(share of boxes with an anchor within a size ratio of loss.anchor_t) is below model.autoanchor_bpr, or "
+        "the share of boxes whose best anchor has shape IoU > 0.5 is below model.autoanchor_bpr_iou50, fit "
         "k-means anchors (1 - IoU, seeded by train.seed) and train with them if they fit better (ultralytics' "
         "autoanchor). Never with model.anchors given, never on a resume; anchor_fit.json records what was done.")
     autoanchor_bpr: float = Field(
         AUTOANCHOR_BPR, ge=0, le=1, description="Best possible recall below which autoanchor fits anchors "
         "(ultralytics' check_anchors threshold, 0.98).")
+    autoanchor_bpr_iou50: float = Field(
+        AUTOANCHOR_BPR_IOU50, ge=0, le=1, description="Share of the training boxes whose best anchor has shape IoU "
+        "> 0.5 below which autoanchor also fits anchors (the doctor's doctor.min_bpr_iou50 has the same default, "
+        "so a run with autoanchor on is not told its anchors fit poorly when k-means fits better); 0 = the "
+        "size-ratio rule alone, as ultralytics.")
     head_prior: Literal["labels", "ultralytics", "none"] = Field(
         "ultralytics", description="Initial objectness and class biases of a new model's heads (model/priors.py): "
         "ultralytics = YOLOv5's constants (objectness log(8 / (640 / stride)^2), classes "

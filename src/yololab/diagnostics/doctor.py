@@ -38,7 +38,7 @@ from yololab.errors import FileProblem
 # anchor_fit.json's autoanchor reasons for keeping anchors that k-means beats (yololab.anchors.PINNED, OFF).
 AUTOANCHOR_WITHHELD = ("pinned", "off")
 AUTOANCHOR_TEXT = ("autoanchor then trains with k-means anchors when the anchors' best possible recall is under "
-                   "model.autoanchor_bpr and k-means fits better")
+                   "model.autoanchor_bpr or model.autoanchor_bpr_iou50 and k-means fits better")
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
@@ -627,8 +627,9 @@ def _anchor_advice(fit: dict) -> tuple[str, dict] | None:
     changes), or None when the run already trained with the k-means anchors (autoanchor applied them).
 
     Anchors kept because they were pinned (``model.anchors``) or autoanchor was off: let autoanchor fit them.
-    Kept because their best possible recall passed ``model.autoanchor_bpr`` (the advice then comes from the
-    IoU recall or the spread): the k-means anchors the record holds, as ``model.anchors``. A run from before
+    Kept because their best possible recalls passed ``model.autoanchor_bpr`` and ``model.autoanchor_bpr_iou50``
+    (the advice then comes from thresholds of the doctor's own, or from the spread): the k-means anchors the
+    record holds, as ``model.anchors``. A run from before
     autoanchor (no record): turn it on.
     """
     auto = fit.get("autoanchor")
@@ -650,7 +651,7 @@ def _anchor_advice(fit: dict) -> tuple[str, dict] | None:
     if fitted is None:
         return None
     return (f"Train with the k-means anchors of anchor_fit.json (autoanchor kept these, as their best possible "
-            f"recall under the size-ratio rule reached model.autoanchor_bpr): --set "
+            f"recalls reached model.autoanchor_bpr and model.autoanchor_bpr_iou50): --set "
             f"'model.anchors={json.dumps(fitted)}'.", {"model.anchors": fitted})
 
 

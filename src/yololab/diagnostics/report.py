@@ -279,7 +279,8 @@ def severity_counts(findings: list[dict] | None) -> str:
 
 # What autoanchor did (anchor_fit.json's "autoanchor" record), in words.
 AUTOANCHOR_DECISIONS = {
-    "fits": "the configured anchors fit (best possible recall at or above model.autoanchor_bpr): kept",
+    "fits": "the configured anchors fit (best possible recall at or above model.autoanchor_bpr under the size-ratio "
+            "rule and model.autoanchor_bpr_iou50 at shape IoU > 0.5): kept",
     "applied": "k-means anchors fitted better and replaced the configured ones (config.yaml: model.anchors)",
     "kmeans_not_better": "the configured anchors fit poorly, but k-means anchors did no better: kept",
     "pinned": "the configured anchors fit poorly; k-means anchors would fit better, but model.anchors pins them",

@@ -366,7 +366,8 @@ def _autoanchor(cfg: RunConfig, boxes: BoxSet, anchors: list[Tensor],
     mc = cfg.model
     try:
         result = autoanchor(boxes.wh, anchors, strides, cfg.loss.anchor_t, mc.autoanchor_bpr,
-                            enabled=mc.autoanchor, pinned=mc.anchors is not None, seed=cfg.train.seed)
+                            iou_threshold=mc.autoanchor_bpr_iou50, enabled=mc.autoanchor, pinned=mc.anchors is not None,
+                            seed=cfg.train.seed)
     except AnchorError as err:  # e.g. a train split of background images only: report, do not stop
         rank_zero_info(f"anchor fit not computed: {err}")
         return cfg, None, anchors
@@ -392,14 +393,18 @@ def _anchor_line(fit: dict, path: Path) -> str:
     old, new = auto["configured"], auto["fitted"]
 
     def numbers(of: dict) -> str:
-        return f"best possible recall {of['bpr_ratio']:.3f} (ratio < {t:g}), mean best IoU {of['mean_best_iou']:.3f}"
+        return (f"best possible recall {of['bpr_ratio']:.3f} (ratio < {t:g}) and {of['bpr_iou50']:.3f} (IoU > 0.5), "
+                f"mean best IoU {of['mean_best_iou']:.3f}")
 
     which = "the anchors of model.anchors" if auto["pinned"] else "the cfg's anchors"
-    poor = f"{which} fit the training boxes poorly ({numbers(old)}; under model.autoanchor_bpr={auto['threshold']:g})"
+    limits = (f"model.autoanchor_bpr={auto['threshold']:g}, model.autoanchor_bpr_iou50="
+              f"{auto.get('iou_threshold', 0.0):g}")
+    poor = f"{which} fit the training boxes poorly ({numbers(old)}; limits {limits})"
     if auto["reason"] == APPLIED:
         return (f"autoanchor: k-means anchors replace the cfg's: best possible recall {old['bpr_ratio']:.3f} -> "
-                f"{new['bpr_ratio']:.3f} (ratio < {t:g}), mean best IoU {old['mean_best_iou']:.3f} -> "
-                f"{new['mean_best_iou']:.3f}; config.yaml holds them as model.anchors ({path})")
+                f"{new['bpr_ratio']:.3f} (ratio < {t:g}) and {old['bpr_iou50']:.3f} -> {new['bpr_iou50']:.3f} "
+                f"(IoU > 0.5), mean best IoU {old['mean_best_iou']:.3f} -> {new['mean_best_iou']:.3f}; config.yaml "
+                f"holds them as model.anchors ({path})")
     if auto["reason"] == PINNED:
         return (f"anchor fit: {poor}; k-means anchors would reach {numbers(new)}: kept as given; drop model.anchors "
                 f"to let yololab fit them ({path})")
