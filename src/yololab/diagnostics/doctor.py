@@ -42,6 +42,7 @@ AUTOANCHOR_TEXT = ("autoanchor then trains with k-means anchors when the anchors
 SEVERITIES = ("error", "warning", "info")  # sort order of findings: most serious first
 EDGE_TOL = 1e-9  # histogram edges are sums of float steps: 0.5 may be stored as 0.49999999999999994
 FINDINGS_FILE = "findings.json"
+LR_DIGITS = 3  # significant digits of a suggested learning rate
 
 
 class DoctorInputError(FileProblem):
@@ -576,6 +577,12 @@ def _sum_mismatch(ctx: Context) -> list[Finding]:
     return out
 
 
+def _lower_lr(lr: float, c: DoctorConfig) -> dict[str, float]:
+    """The change to a learning rate ``c.lr_step`` times lower than ``lr`` (a logged float32 value), to
+    ``LR_DIGITS`` significant digits: ``optim.lr=0.001``, not ``0.0009999999776482583``."""
+    return {"optim.lr": float(f"{lr / c.lr_step:.{LR_DIGITS}g}")}
+
+
 def rule_anchor_fit(ctx: Context) -> list[Finding]:
     """Best possible recall low, a scale's anchors spread widely, a scale receiving almost no truths.
 
@@ -702,7 +709,7 @@ def rule_training_dynamics(ctx: Context) -> list[Finding]:
                 "loss_spike", "warning", term="total", first_epoch=e, numbers={"before": a, "after": b},
                 message=f"The training loss jumped {b / a:.3g}x from epoch {prev} to {e} ({a:.4g} -> {b:.4g}).",
                 suggestion="Lower the learning rate or clip gradients harder.",
-                changes={"optim.lr": lr[e] / c.lr_step} if e in lr else {}))
+                changes=_lower_lr(lr[e], c) if e in lr else {}))
             break
     if total:
         low_epoch, low = min(total, key=lambda ev: ev[1])
@@ -714,7 +721,7 @@ def rule_training_dynamics(ctx: Context) -> list[Finding]:
                 message=f"The training loss diverges: {last:.4g} at epoch {last_epoch}, "
                         f"{last / low:.3g}x its lowest ({low:.4g} at epoch {low_epoch}).",
                 suggestion="Lower the learning rate or lengthen the warm-up.",
-                changes={"optim.lr": lr[low_epoch] / c.lr_step} if low_epoch in lr else {}))
+                changes=_lower_lr(lr[low_epoch], c) if low_epoch in lr else {}))
     return out
 
 
@@ -770,7 +777,7 @@ def rule_collapse_after_warmup(ctx: Context) -> list[Finding]:
                         f"(epoch {now_epoch}).",
                 suggestion="The full learning rate is too high for this run: lengthen the warm-up or lower "
                            "the learning rate.",
-                changes={"optim.lr": max(lr.values()) / c.lr_step} if lr else {},
+                changes=_lower_lr(max(lr.values()), c) if lr else {},
             )]
     return []
 
