@@ -109,13 +109,59 @@ def test_smoke_study_killed_and_resumed(tmp_path):
     again = run_study(study, project, name, verbose=0)  # a finished study trains nothing and starts no Ray
     assert (again.trained, again.skipped) == (0, 4)
 
+    records = {p.parent.name: p.read_text() for p in runs.glob(f"*/{RUN_RECORD}")}
+    grown = run_study(load_study(SMOKE, seeds=3), project, name, verbose=0)  # a third seed: only its runs train
+    assert (grown.trained, grown.skipped, grown.failed) == (2, 4, [])
+    assert {p.parent.name for p in runs.glob(f"*/{RUN_RECORD}")} == set(records) | {"obj_target=iou-s2",
+                                                                                     "obj_target=one-s2"}
+    assert all((runs / run / RUN_RECORD).read_text() == record for run, record in records.items())
 
-@pytest.mark.parametrize("change", ["epochs", "seeds"])
+
+@pytest.mark.parametrize("change", [{"epochs": 3}, {"seeds": 1}])
 def test_a_different_study_in_the_same_folder_is_refused(tmp_path, change):
     from yololab.study import StudyError
     from yololab.study.execute import _claim
 
     _claim(load_study(SMOKE), tmp_path / "s")
-    other = load_study(SMOKE, **{change: 3})
     with pytest.raises(StudyError, match="holds a different study"):
-        _claim(other, tmp_path / "s")
+        _claim(load_study(SMOKE, **change), tmp_path / "s")
+
+
+GRID = {"description": "", "data": "d.yaml", "budget": {"epochs": 3}, "seeds": 3,
+        "factors": {"preset": ["yololab", "darknet"], "loss.obj_target": ["one", "iou"]}, "search": None}
+SEARCH = {**GRID, "factors": None, "search": {"samples": 4, "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
+                                              "seed": 0}}
+
+
+@pytest.mark.parametrize("new, grown", [
+    (GRID, True),
+    ({**GRID, "seeds": [0, 1, 2, 3]}, True),                                    # a seed appended
+    ({**GRID, "seeds": 5, "description": "more"}, True),
+    ({**GRID, "factors": {"preset": ["yololab", "darknet", "tf2-yolov3"], "loss.obj_target": ["one", "iou"]}},
+     True),                                                                       # a level appended
+    ({**GRID, "seeds": 2}, False),                                                # a seed dropped
+    ({**GRID, "seeds": [1, 2, 3]}, False),                                        # other seeds
+    ({**GRID, "factors": {"preset": ["tf2-yolov3", "yololab", "darknet"], "loss.obj_target": ["one", "iou"]}},
+     False),                                                                      # a new first level: new baseline
+    ({**GRID, "factors": {"preset": ["yololab"], "loss.obj_target": ["one", "iou"]}}, False),  # a level dropped
+    ({**GRID, "factors": {"preset": ["yololab", "darknet"]}}, False),             # a factor dropped
+    ({**GRID, "factors": {"loss.obj_target": ["one", "iou"], "preset": ["yololab", "darknet"]}}, False),  # reordered
+    ({**GRID, "budget": {"epochs": 4}}, False),
+    ({**GRID, "data": "other.yaml"}, False),
+    ({**GRID, "factors": None, "search": SEARCH["search"]}, False),              # a grid turned search
+])
+def test_a_study_may_grow_in_its_folder(new, grown):
+    from yololab.study.execute import grows
+
+    assert grows(GRID, new) is grown
+
+
+@pytest.mark.parametrize("search, seeds, grown", [
+    ({"samples": 8}, 3, True), ({"samples": 2}, 3, False), ({"samples": 4, "seed": 1}, 3, False),
+    ({"samples": 8}, 4, False),                                   # seeds of a search: each trial trains them all
+])
+def test_a_search_grows_by_samples_only(search, seeds, grown):
+    from yololab.study.execute import grows
+
+    new = {**SEARCH, "seeds": seeds, "search": {**SEARCH["search"], **search}}
+    assert grows(SEARCH, new) is grown

@@ -65,14 +65,50 @@ def run_study(study: Study, project: str | Path, name: str, address: str | None 
 
 
 def _claim(study: Study, study_dir: Path) -> None:
-    """Write ``study.yaml`` into a new study folder, or check that an existing one holds the same study."""
+    """Write ``study.yaml`` into a new study folder, or check that an existing one holds the same study or one it
+    grows (:func:`grows`): then the finished runs are kept and only the new ones train."""
     resolved = study.spec.model_dump(mode="json")
     path = study_dir / STUDY_FILE
-    if path.is_file() and (yaml.safe_load(path.read_text()) or {}) != resolved:
+    if path.is_file() and not grows(yaml.safe_load(path.read_text()) or {}, resolved):
         raise StudyError(path, None, f"holds a different study than {study.path}: use another --name (or delete "
-                         "the folder) rather than mixing two studies' runs")
+                         "the folder) rather than mixing two studies' runs; a study may only grow there (levels "
+                         "or seeds appended, more search samples)")
     study_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# resolved from {study.path}\n" + yaml.safe_dump(resolved, sort_keys=False))
+
+
+# Fields of a resolved study that may grow in a folder that holds it; every other field must stay equal.
+GROWING_FIELDS = ("description", "factors", "seeds", "search")
+
+
+def grows(old: dict, new: dict) -> bool:
+    """True when the resolved study ``new`` is ``old`` or ``old`` grown: a grid's factors with levels appended
+    (same factors, same order, old levels first and unchanged) and seeds appended, or a search asking for more
+    samples over the same space and seeds. Its finished runs then belong to ``new`` under the same names, and the
+    baseline (a factor's first level unless named) is unchanged."""
+    if {k: v for k, v in old.items() if k not in GROWING_FIELDS} != \
+            {k: v for k, v in new.items() if k not in GROWING_FIELDS}:
+        return False
+    old_seeds, new_seeds = _seed_list(old.get("seeds")), _seed_list(new.get("seeds"))
+    old_factors, new_factors = old.get("factors"), new.get("factors")
+    if old_factors is not None and new_factors is not None:
+        return (list(old_factors) == list(new_factors) and _starts(new_seeds, old_seeds)
+                and all(_starts(new_factors[key], levels) for key, levels in old_factors.items()))
+    old_search, new_search = old.get("search"), new.get("search")
+    if old_search is None or new_search is None or old_seeds != new_seeds:
+        return False
+    same_space = ({k: v for k, v in old_search.items() if k != "samples"}
+                  == {k: v for k, v in new_search.items() if k != "samples"})
+    return same_space and new_search["samples"] >= old_search["samples"]
+
+
+def _seed_list(seeds: int | list[int] | None) -> list[int]:
+    """A resolved ``seeds`` field as the list of seeds (a number n means 0 … n-1)."""
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds or [])
+
+
+def _starts(longer: list, prefix: list) -> bool:
+    return longer[:len(prefix)] == prefix
 
 
 # --------------------------------------------------------------------------------------------- Ray
