@@ -67,6 +67,12 @@ class DoctorConfig(BaseModel):
     unfound_iou: float = Field(
         0.1, ge=0, le=1, description="Targets not found, for runs logged without iou_prior: responsible-"
         "prediction IoU below this counts as 'near 0'.")
+    found_map: float = Field(
+        0.1, ge=0, le=1, description="Targets not found is not raised at a scale whose IoU ends above iou_prior "
+        "once val mAP50 reached this: the run detects its objects, so its labels are read right (x/y-swapped "
+        "labels stayed at 0.004-0.018 in 6 epochs where the same labels written right reached 0.19-0.74, "
+        "tests/test_doctor_end_to_end.py's set-up; a tf2-yolov3 run on photo-like data reached 0.29 with a scale "
+        "whose focal objectness separated slowly).")
     low_obj_pos: float = Field(
         0.5, gt=0, le=1, description="Low objectness: mean obj_pos below this (the message then says the measured "
         "share of responsible predictions reaching detect_conf and 0.5, from the validation histograms).")
@@ -255,9 +261,12 @@ def rule_targets_not_found(ctx: Context) -> list[Finding]:
     Runs logged without ``iou_prior`` fall back to an absolute IoU near 0. A scale enters the state when it is
     neither separated nor localised and leaves it only once it localises: objectness creeping past the
     separation limit while the IoU stays at the prior does not clear it. An IoU far *below* the prior is a
-    diverged optimiser, not labels (``rule_diverged_optimiser``), and clears it too.
+    diverged optimiser, not labels (``rule_diverged_optimiser``), and clears it too. In a run whose val mAP50
+    reached ``found_map`` (it detects its objects, so its labels are read right) a scale whose IoU ends above the
+    prior is learning slowly, not lost, and is left out.
     """
     c, out = ctx.cfg, []
+    detects = max((v for _, v in series(ctx.val, BEST_METRIC)), default=0.0) >= c.found_map
     for s in ctx.scales:
         pos = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_pos", s)))
         neg = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_neg", s)))
@@ -274,6 +283,8 @@ def rule_targets_not_found(ctx: Context) -> list[Finding]:
         if start is None:
             continue
         last = epochs[-1]
+        if detects and last in prior and iou[last] > prior[last]:
+            continue
         numbers = {"obj_pos": pos[last], "obj_neg": neg[last], "iou": iou[last]}
         if last in prior:
             numbers["iou_prior"] = prior[last]
