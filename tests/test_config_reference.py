@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from yololab.cli import app
 from yololab.commands.config_reference import config_reference, render_markdown, type_text
-from yololab.config import RunConfig, build_config
+from yololab.config import DEFAULT_PRESET, RunConfig, build_config
 from yololab.loss import preset
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
@@ -28,7 +28,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def reference_fields(preset_name: str = "yololab") -> dict:
+def reference_fields(preset_name: str = DEFAULT_PRESET) -> dict:
     return {f.key: f for section in config_reference(preset_name) for f in section.fields}
 
 
@@ -49,7 +49,8 @@ def test_every_field_is_listed_with_its_default_and_a_description():
 def test_defaults_follow_the_preset():
     darknet = reference_fields("darknet")
     assert json.loads(darknet["loss.ignore_thresh"].default) == preset("darknet").ignore_thresh == 0.7
-    assert json.loads(reference_fields()["loss.box_weight"].default) == preset("yololab").box_weight
+    assert json.loads(reference_fields()["loss.obj_loss"].default) == preset(DEFAULT_PRESET).obj_loss == "focal"
+    assert json.loads(reference_fields("yololab")["loss.box_weight"].default) == preset("yololab").box_weight == 0.05
 
 
 @pytest.mark.parametrize(("annotation", "text"), [
@@ -88,7 +89,7 @@ def test_config_without_list_prints_the_resolved_yaml():
 def test_train_help_shows_the_defaults():
     text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output.split())
     for flag, default in (("--epochs", "30"), ("--batch", "16"), ("--cfg", "yolov3-tiny-3l-small"),
-                          ("--preset", "yololab"), ("--imgsz", "the cfg's [net] width")):
+                          ("--preset", DEFAULT_PRESET), ("--imgsz", "the cfg's [net] width")):
         assert flag in text and f"[default: ({default})]" in text, (flag, text)
 
 

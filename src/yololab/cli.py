@@ -240,20 +240,21 @@ def demo(
 
 # ------------------------------------------------------------------------------------------------ check-loss
 def _loss_config_to_check(preset: str | None, config: Path | None, overrides: list[str]):
-    """The LossConfig to check: a preset (default yololab); or ``config``, either a run's config.yaml (with
-    ``preset``: that preset with the run's loss_overrides, as ``train``) or a YAML of LossConfig fields applied on
-    top of the preset; then ``--set`` overrides (``loss.field=value``; a bare
+    """The LossConfig to check: a preset (default: config.DEFAULT_PRESET); or ``config``, either a run's config.yaml
+    (with ``preset``: that preset with the run's loss_overrides, as ``train``) or a YAML of LossConfig fields applied
+    on top of the preset; then ``--set`` overrides (``loss.field=value``; a bare
     LossConfig field name means the same). Returns (LossConfig, a label saying where it came from)."""
     import yaml
     from pydantic import ValidationError
 
+    from yololab.config import DEFAULT_PRESET
     from yololab.loss import LossConfig
     from yololab.loss import preset as loss_preset
 
     fields = set(LossConfig.model_fields)
     overrides = [f"loss.{item}" if item.partition("=")[0].strip() in fields else item for item in overrides]
-    label = f"preset {preset or 'yololab'}"
-    base: dict = {"preset": preset or "yololab"}
+    label = f"preset {preset or DEFAULT_PRESET}"
+    base: dict = {"preset": preset or DEFAULT_PRESET}
     first: list[str] = []  # a run config's --preset, applied as --set preset=P
     if config is not None:
         if not config.is_file():
@@ -282,7 +283,8 @@ def _loss_config_to_check(preset: str | None, config: Path | None, overrides: li
 
 @app.command("check-loss")
 def check_loss(
-    preset: Annotated[str | None, typer.Option("--preset", help="Loss preset to check (default yololab).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Loss preset to check.",
+                                               show_default=_default(RunConfig, "preset"))] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A run's config.yaml (with --preset: that preset with the run's loss_overrides), or a "
         "YAML of loss fields applied on top of the preset.")] = None,

@@ -23,7 +23,9 @@ from yololab.loss.config import LossConfig
 from yololab.loss.presets import PRESETS, preset
 from yololab.recipes import RECIPES, recipe
 
-DEFAULT_PRESET = "yololab"
+# The preset the studies measured best (docs/loss.md, "Why tf2-yolov3 is the default"): presets.yaml on the digits
+# and photo-presets.yaml on photo-like images, 3 seeds each.
+DEFAULT_PRESET = "tf2-yolov3"
 LOSS_OVERRIDES = "loss_overrides"  # the RunConfig field: "loss.FIELD" -> value where loss differs from the preset
 LOSS_PREFIX = "loss."
 
@@ -221,7 +223,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
-    loss: LossConfig = Field(default_factory=lambda: preset("yololab"), description="The loss, resolved from "
+    loss: LossConfig = Field(default_factory=lambda: preset(DEFAULT_PRESET), description="The loss, resolved from "
                              "the preset with any loss.* overrides on top.")
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="What is measured "
                                            "beside training (histograms, gradient shares, doctor, report).")

@@ -1,7 +1,8 @@
 """Named presets: a coder plus a loss configuration, each reproducing a known implementation.
 
-Each entry names its source. Fields not listed take LossConfig's defaults. ``yololab`` is the recommended
-default; see docs/loss.md for the measurements behind it.
+Each entry names its source. Fields not listed take LossConfig's defaults. The default preset
+(``config.DEFAULT_PRESET``, ``tf2-yolov3``) is the one the studies of docs/studies.md measured best; docs/loss.md
+gives the tables.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from yololab.loss.config import LossConfig
 ULTRALYTICS_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4}  # ultralytics' objectness balance by stride (P3, P4, P5)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Recommended default: darknet's multi-anchor rule, GIoU boxes with the small-box factor (robust for tiny
-    # objects), BCE objectness averaged over predictions (keeps objectness elsewhere low on sparse images),
-    # ultralytics' weights for mean reduction.
+    # yololab's own mix (the default until studies/presets.yaml and photo-presets.yaml put tf2-yolov3 ahead):
+    # darknet's multi-anchor rule, GIoU boxes with the small-box factor, BCE objectness averaged over
+    # predictions, ultralytics' weights for mean reduction.
     "yololab": dict(
         coder="yolov3", assign="iou_threshold", iou_thresh=0.213, box_loss="giou", small_box_weight="linear",
         obj_loss="bce", obj_target="one", ignore_thresh=0.5, cls_loss="bce", reduction="mean",
