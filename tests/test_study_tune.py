@@ -224,8 +224,8 @@ def test_doctor_try_trains_the_suggestions(tmp_path, ray_session):
     # after the warm-up and suggests the learning rate / 10, 0.01 / 10 = 0.001 (and a cfg without scale 0 on seed
     # 1's split, a file to write: not tried).
     cfg = build_config({"project": str(tmp_path / "runs"), "name": "tiny", "data": {"data": str(data)}},
-                       ["preset=yololab", "model.cfg=yolov3-tiny-3l-small", "data.imgsz=128", "data.batch=2", "data.workers=0",
-                        "optim.lr=0.01", "train.epochs=2", "diagnostics.grad_share_every=0"])
+                       ["preset=yololab", "model.cfg=yolov3-tiny-3l-small", "data.imgsz=128", "data.batch=2",
+                        "data.workers=0", "optim.lr=0.01", "train.epochs=2", "diagnostics.grad_share_every=0"])
     train(cfg, progress="none")
     findings = json.loads((cfg.run_dir / "findings.json").read_text())
     usable = [f for f in findings if f["changes"] and "model.cfg" not in f["changes"]]
