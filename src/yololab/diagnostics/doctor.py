@@ -217,6 +217,11 @@ class Context:
         """Val rows when the run validated (the full validation set), else train rows."""
         return self.val or self.train
 
+    @property
+    def best_map(self) -> float | None:
+        """The highest val ``BEST_METRIC`` of the run; None when no validation logged it."""
+        return max((v for _, v in series(self.val, BEST_METRIC)), default=None)
+
 
 def series(rows: list[dict], key: str) -> list[tuple[int, float]]:
     """(epoch, value) of ``key`` over ``rows``, skipping rows where it is missing or null."""
@@ -266,7 +271,8 @@ def rule_targets_not_found(ctx: Context) -> list[Finding]:
     prior is learning slowly, not lost, and is left out.
     """
     c, out = ctx.cfg, []
-    detects = max((v for _, v in series(ctx.val, BEST_METRIC)), default=0.0) >= c.found_map
+    best_map = ctx.best_map
+    detects = best_map is not None and best_map >= c.found_map
     for s in ctx.scales:
         pos = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_pos", s)))
         neg = dict(series(ctx.stat_rows(), scale_keys.stat_key("obj_neg", s)))
@@ -817,8 +823,8 @@ def rule_diverged_optimiser(ctx: Context) -> list[Finding]:
     train_total = dict(series(ctx.train, "loss/total"))
     blowups = {e: v / train_total[e] for e, v in series(ctx.val, "loss/total") if train_total.get(e, 0) > 0}
     worst = max(blowups, key=blowups.get) if blowups else None
-    maps = [v for _, v in series(ctx.val, BEST_METRIC)]
-    stuck = bool(maps) and max(maps) <= c.stuck_map
+    best_map = ctx.best_map
+    stuck = best_map is not None and best_map <= c.stuck_map
     blown = worst is not None and blowups[worst] > c.val_blowup
     if not (stuck or blown):
         return []
@@ -830,8 +836,8 @@ def rule_diverged_optimiser(ctx: Context) -> list[Finding]:
         said.append(f"val loss/total reached {val_total:.4g} at epoch {worst} ({blowups[worst]:.3g}x the train loss)")
         numbers.update(val_loss=val_total, val_blowup=blowups[worst], blowup_epoch=worst)
     if stuck:
-        said.append(f"val {BEST_METRIC} has stayed at or below {max(maps):.3g}")
-        numbers["best_map"] = max(maps)
+        said.append(f"val {BEST_METRIC} has stayed at or below {best_map:.3g}")
+        numbers["best_map"] = best_map
     lr = [v for _, v in series(ctx.train, "lr")]
     return [Finding(
         "diverged_optimiser", "error", first_epoch=ctx.train[0]["epoch"], numbers=numbers,

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from yololab.study.data import study_data
-from yololab.study.spec import Configuration, Study, StudyError, config_name
+from yololab.study.spec import Configuration, Study, StudyError, config_name, seed_list
 from yololab.study.trial import (
     RUNS_DIR,
     SEARCH_OBJECTIVE,
@@ -86,10 +86,9 @@ def grows(old: dict, new: dict) -> bool:
     (same factors, same order, old levels first and unchanged) and seeds appended, or a search asking for more
     samples over the same space and seeds. Its finished runs then belong to ``new`` under the same names, and the
     baseline (a factor's first level unless named) is unchanged."""
-    if {k: v for k, v in old.items() if k not in GROWING_FIELDS} != \
-            {k: v for k, v in new.items() if k not in GROWING_FIELDS}:
+    if _without(old, GROWING_FIELDS) != _without(new, GROWING_FIELDS):
         return False
-    old_seeds, new_seeds = _seed_list(old.get("seeds")), _seed_list(new.get("seeds"))
+    old_seeds, new_seeds = seed_list(old.get("seeds") or []), seed_list(new.get("seeds") or [])
     old_factors, new_factors = old.get("factors"), new.get("factors")
     if old_factors is not None and new_factors is not None:
         return (list(old_factors) == list(new_factors) and _starts(new_seeds, old_seeds)
@@ -97,14 +96,12 @@ def grows(old: dict, new: dict) -> bool:
     old_search, new_search = old.get("search"), new.get("search")
     if old_search is None or new_search is None or old_seeds != new_seeds:
         return False
-    same_space = ({k: v for k, v in old_search.items() if k != "samples"}
-                  == {k: v for k, v in new_search.items() if k != "samples"})
+    same_space = _without(old_search, ("samples",)) == _without(new_search, ("samples",))
     return same_space and new_search["samples"] >= old_search["samples"]
 
 
-def _seed_list(seeds: int | list[int] | None) -> list[int]:
-    """A resolved ``seeds`` field as the list of seeds (a number n means 0 … n-1)."""
-    return list(range(seeds)) if isinstance(seeds, int) else list(seeds or [])
+def _without(mapping: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in mapping.items() if k not in keys}
 
 
 def _starts(longer: list, prefix: list) -> bool:

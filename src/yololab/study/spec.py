@@ -324,7 +324,7 @@ def _expand(spec: StudySpec, where: _Locator) -> Study:
     _check_overrides(spec.base.set, where, ("base", "set"))
     if spec.base.preset is not None:
         _check_overrides({"preset": spec.base.preset}, where, ("base",))
-    seeds = seed_list(spec)
+    seeds = seed_list(spec.seeds)
     if not seeds or len(set(seeds)) < len(seeds):
         raise where.error(("seeds",), f"need one or more distinct seeds, got {spec.seeds!r}")
     if spec.search is not None:
@@ -357,9 +357,9 @@ def _expand(spec: StudySpec, where: _Locator) -> Study:
                  {key: [name for name, _ in levels] for key, levels in factor_levels.items()})
 
 
-def seed_list(spec: StudySpec) -> list[int]:
-    """The seeds of a study: ``seeds: 3`` means 0, 1, 2."""
-    return list(range(spec.seeds)) if isinstance(spec.seeds, int) else list(spec.seeds)
+def seed_list(seeds: int | list[int]) -> list[int]:
+    """A study's ``seeds`` field as the list of seeds: ``seeds: 3`` means 0, 1, 2."""
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
 
 def _baseline(spec: StudySpec, factor_levels: dict[str, list], where: _Locator) -> dict[str, str]:

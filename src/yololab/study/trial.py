@@ -194,7 +194,7 @@ def search_trial(params: dict, context: TrialContext) -> None:
     configuration = Configuration(config_name(levels), levels, dict(params))
     write_sample(Path(context.study_dir), configuration)
     finals = []
-    for seed in seed_list(context.spec):
+    for seed in seed_list(context.spec.seeds):
         record = read_record(run_dir(Path(context.study_dir), configuration.name, seed))
         record = record or train_run(context, configuration, seed, report=False)
         finals.append(final_val(run_dir(Path(context.study_dir), configuration.name, seed)).get(TUNE_METRIC))
