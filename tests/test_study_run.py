@@ -165,3 +165,55 @@ def test_a_search_grows_by_samples_only(search, seeds, grown):
 
     new = {**SEARCH, "seeds": seeds, "search": {**SEARCH["search"], **search}}
     assert grows(SEARCH, new) is grown
+
+
+def _finished_run(study_dir: Path, study, seed: int, trained_with: dict | None = None, **changes) -> Path:
+    """A run folder of the study's first configuration as a finished trial leaves it (config.yaml and record),
+    trained with the configuration's overrides plus ``trained_with`` and its config changed by ``changes`` (a
+    RunConfig section -> field updates)."""
+    from dataclasses import replace
+
+    from yololab.config import save_config
+    from yololab.study.trial import FINISHED, RunRecord, run_config, run_dir
+
+    configuration = study.configurations[0]
+    folder = run_dir(study_dir, configuration.name, seed)
+    folder.mkdir(parents=True)
+    trained = replace(configuration, overrides={**configuration.overrides, **(trained_with or {})})
+    cfg = run_config(study.spec, trained, seed, folder, study_dir / "data" / "data.yaml")
+    for key, value in changes.items():
+        cfg = cfg.model_copy(update={key: getattr(cfg, key).model_copy(update=value)})
+    save_config(cfg, folder / "config.yaml")
+    RunRecord(configuration.name, configuration.levels, configuration.overrides, seed, FINISHED, 1, 0.1).write(folder)
+    return folder
+
+
+def test_finished_runs_trained_under_another_default_are_refused(tmp_path):
+    """smoke.yaml's base names no preset: runs trained when the default preset was another one measure another
+    study, and the folder says which field changed instead of mixing them in."""
+    from yololab.config import DEFAULT_PRESET
+    from yololab.study import StudyError
+    from yololab.study.execute import _claim
+
+    study, study_dir = load_study(SMOKE), tmp_path / "s"
+    _claim(study, study_dir)
+    other = next(name for name in ("yololab", "darknet") if name != DEFAULT_PRESET)
+    folder = _finished_run(study_dir, study, 0, trained_with={"preset": other})
+    with pytest.raises(StudyError) as raised:
+        _claim(study, study_dir)
+    message = str(raised.value)
+    assert message.startswith(f"{folder / 'config.yaml'}: ")
+    assert f"preset: '{other}' then, '{DEFAULT_PRESET}' now" in message and "another --name" in message
+
+
+def test_runner_fields_and_fitted_anchors_are_not_drift(tmp_path):
+    """The runner's folder, seed and budget, and anchors the anchor fit wrote into config.yaml, are the run's
+    own: such a folder continues."""
+    from yololab.study.execute import _claim
+
+    study, study_dir = load_study(SMOKE), tmp_path / "s"
+    _claim(study, study_dir)
+    fitted = [[[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]] * 3
+    _finished_run(study_dir, study, 0, model={"anchors": fitted}, data={"workers": 3}, train={"epochs": 7})
+    _finished_run(study_dir, study, 1)
+    _claim(study, study_dir)  # no error

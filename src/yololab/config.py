@@ -356,6 +356,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def dotted(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.002, …}`` of a nested config dict (a RunConfig's ``model_dump``)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= dotted(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a RunConfig: defaults <- base dict <- ``--set`` overrides.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from yololab import keys as scale_keys
-from yololab.config import LOSS_OVERRIDES
+from yololab.config import LOSS_OVERRIDES, dotted
 from yololab.diagnostics import plots
 from yololab.diagnostics.runfiles import (
     ROW_KEYS,
@@ -453,17 +453,6 @@ def losses_comparable(runs: list[Run]) -> bool:
     return all((r.config.get("loss") or {}) == (runs[0].config.get("loss") or {}) for r in runs)
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    """``{"optim.lr": 0.002, …}`` of a nested config."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _preset_loss(name) -> dict:
     """The loss settings a preset resolves to; {} for a name yololab does not know (an older or renamed preset)."""
     try:
@@ -478,7 +467,7 @@ def differing_settings(runs: list[Run]) -> list[dict]:
     Left out: names (name, project, preset: the preset has its own column) and loss settings that only follow from
     the run's preset (its value is the preset's); a loss setting changed on top of the preset stays."""
     # loss_overrides restate loss.* settings that differ from the preset: those are compared as loss.* keys.
-    flats = [_flat({k: v for k, v in r.config.items() if k != LOSS_OVERRIDES}) for r in runs]
+    flats = [dotted({k: v for k, v in r.config.items() if k != LOSS_OVERRIDES}) for r in runs]
     keys = [k for k in dict.fromkeys(k for flat in flats for k in flat) if k not in NAMING_KEYS
             and len({json.dumps(flat.get(k), sort_keys=True, default=str) for flat in flats}) > 1]
     out = []

@@ -22,6 +22,7 @@ from yololab.study.trial import (
     TUNE_TIME,
     RunRecord,
     TrialContext,
+    config_drift,
     final_val,
     grid_trial,
     read_record,
@@ -73,8 +74,29 @@ def _claim(study: Study, study_dir: Path) -> None:
         raise StudyError(path, None, f"holds a different study than {study.path}: use another --name (or delete "
                          "the folder) rather than mixing two studies' runs; a study may only grow there (levels "
                          "or seeds appended, more search samples)")
+    _check_finished_runs(study, study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# resolved from {study.path}\n" + yaml.safe_dump(resolved, sort_keys=False))
+
+
+DRIFT_SHOWN = 3  # changed fields a refusal names
+
+
+def _check_finished_runs(study: Study, study_dir: Path) -> None:
+    """Refuse to continue a study whose finished runs were trained with other values than their configurations
+    resolve to now (a default changed in between): mixing them would compare two different studies."""
+    for folder in sorted((study_dir / RUNS_DIR).glob("*")):
+        record = read_record(folder)
+        if record is None or not (folder / "config.yaml").is_file():
+            continue
+        drift = config_drift(study.spec, folder, record)
+        if drift:
+            shown = list(drift.items())[:DRIFT_SHOWN]
+            changes = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in shown)
+            changes += f"; {len(drift) - len(shown)} more" if len(drift) > len(shown) else ""
+            raise StudyError(folder / "config.yaml", None, f"this finished run was trained with other values than "
+                             f"{study.path} gives now ({changes}): a default changed since; name the values in "
+                             "the study's base, or use another --name")
 
 
 # Fields of a resolved study that may grow in a folder that holds it; every other field must stay equal.

@@ -118,13 +118,7 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     study_dir = Path(context.study_dir)
     folder = run_dir(study_dir, configuration.name, seed)
     data = share_data(Path(context.data), configuration.overrides.get(TRAIN_SHARE, 1.0), study_dir)
-    cfg = resolve(context.spec, configuration.overrides)
-    workers = cfg.data.workers if _sets(context.spec, "data.workers") else DEFAULT_WORKERS
-    cfg = cfg.model_copy(update={
-        "project": str(folder.parent), "name": folder.name,
-        "data": cfg.data.model_copy(update={"data": str(data), "workers": workers}),
-        "train": cfg.train.model_copy(update={"seed": seed, "epochs": context.spec.budget.epochs}),
-    })
+    cfg = run_config(context.spec, configuration, seed, folder, data)
     callbacks = [_tune_report()] if report else []
     if context.spec.budget.minutes:
         from lightning.pytorch.callbacks import Timer
@@ -145,6 +139,39 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
         (folder / TEST_METRICS).write_text(json.dumps(record.test, indent=2))
     record.write(folder)
     return record
+
+
+# Fields of a run's config.yaml that the runner fills in (folder, data copy, loader processes, seed, budget),
+# not the study's configuration.
+RUNNER_FIELDS = ("project", "name", "data.data", "data.workers", "train.seed", "train.epochs")
+FITTED_ANCHORS = "model.anchors"  # written into config.yaml by the anchor fit when the configuration has none
+
+
+def run_config(spec: StudySpec, configuration: Configuration, seed: int, folder: Path, data: Path):
+    """The RunConfig of one run: the configuration resolved on the study's base, into ``folder``, on ``data``
+    (the study's data or its share), with the run's seed and the study's budget."""
+    cfg = resolve(spec, configuration.overrides)
+    workers = cfg.data.workers if _sets(spec, "data.workers") else DEFAULT_WORKERS
+    return cfg.model_copy(update={
+        "project": str(folder.parent), "name": folder.name,
+        "data": cfg.data.model_copy(update={"data": str(data), "workers": workers}),
+        "train": cfg.train.model_copy(update={"seed": seed, "epochs": spec.budget.epochs}),
+    })
+
+
+def config_drift(spec: StudySpec, folder: Path, record: RunRecord) -> dict[str, tuple]:
+    """Fields whose value in a finished run's config.yaml differs from what its configuration resolves to now:
+    dotted key -> (trained with, resolves to), top-level keys first. Not empty when a default changed since the run trained (e.g. the
+    default preset of a base that names none): such a run no longer measures the configuration of its name.
+    The runner's fields and anchors the run fitted itself are not compared."""
+    from yololab.config import dotted, load_config
+
+    trained = dotted(load_config(folder / "config.yaml").model_dump(mode="json"))
+    now = dotted(resolve(spec, record.overrides).model_dump(mode="json"))
+    ignored = set(RUNNER_FIELDS) | ({FITTED_ANCHORS} if now.get(FITTED_ANCHORS) is None else set())
+    keys = sorted(trained.keys() | now.keys(), key=lambda key: (key.count("."), key))  # preset before loss.*
+    return {key: (trained.get(key), now.get(key)) for key in keys
+            if key not in ignored and trained.get(key) != now.get(key)}
 
 
 def _sets(spec: StudySpec, key: str) -> bool:
