@@ -170,19 +170,22 @@ def test_a_search_grows_by_samples_only(search, seeds, grown):
 def _finished_run(study_dir: Path, study, seed: int, trained_with: dict | None = None, **changes) -> Path:
     """A run folder of the study's first configuration as a finished trial leaves it (config.yaml and record),
     trained with the configuration's overrides plus ``trained_with`` and its config changed by ``changes`` (a
-    RunConfig section -> field updates)."""
+    RunConfig section -> field updates, or a top-level field -> value)."""
     from dataclasses import replace
 
     from yololab.config import save_config
+    from yololab.study.data import study_data
     from yololab.study.trial import FINISHED, RunRecord, run_config, run_dir
 
     configuration = study.configurations[0]
     folder = run_dir(study_dir, configuration.name, seed)
     folder.mkdir(parents=True)
     trained = replace(configuration, overrides={**configuration.overrides, **(trained_with or {})})
-    cfg = run_config(study.spec, trained, seed, folder, study_dir / "data" / "data.yaml")
+    data = study_data(study.spec, study_dir)
+    cfg = run_config(study.spec, trained, seed, folder, data, data)
     for key, value in changes.items():
-        cfg = cfg.model_copy(update={key: getattr(cfg, key).model_copy(update=value)})
+        section = getattr(cfg, key)
+        cfg = cfg.model_copy(update={key: section.model_copy(update=value) if isinstance(value, dict) else value})
     save_config(cfg, folder / "config.yaml")
     RunRecord(configuration.name, configuration.levels, configuration.overrides, seed, FINISHED, 1, 0.1).write(folder)
     return folder
@@ -206,14 +209,67 @@ def test_finished_runs_trained_under_another_default_are_refused(tmp_path):
     assert f"preset: '{other}' then, '{DEFAULT_PRESET}' now" in message and "another --name" in message
 
 
-def test_runner_fields_and_fitted_anchors_are_not_drift(tmp_path):
-    """The runner's folder, seed and budget, and anchors the anchor fit wrote into config.yaml, are the run's
-    own: such a folder continues."""
+@pytest.mark.parametrize("changes, refused", [
+    ({}, None),                                                          # as the runner writes it
+    ({"model": {"anchors": [[[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]] * 3}}, None),  # fitted by the run itself
+    ({"project": "/moved/runs", "name": "elsewhere"}, None),            # the study folder was moved
+    ({"train": {"epochs": 7}}, "train.epochs: 7 then, 1 now"),
+    ({"data": {"workers": 3}}, "data.workers: 3 then, 0 now"),
+    ({"optim": {"warmup_epochs": 2.0}}, "optim.warmup_epochs: 2.0 then, 1.0 now"),
+])
+def test_what_is_compared_in_a_finished_run(tmp_path, changes, refused):
+    """Where a run lives and the anchors it fitted are its own; every other field, the runner's loader
+    processes, epochs and warm-up included, must be what the study gives now."""
+    from yololab.study import StudyError
     from yololab.study.execute import _claim
 
     study, study_dir = load_study(SMOKE), tmp_path / "s"
     _claim(study, study_dir)
-    fitted = [[[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]] * 3
-    _finished_run(study_dir, study, 0, model={"anchors": fitted}, data={"workers": 3}, train={"epochs": 7})
+    _finished_run(study_dir, study, 0, **changes)
     _finished_run(study_dir, study, 1)
-    _claim(study, study_dir)  # no error
+    if refused is None:
+        _claim(study, study_dir)
+    else:
+        with pytest.raises(StudyError, match=refused):
+            _claim(study, study_dir)
+
+
+STEPS_STUDY = """\
+description: a budget in steps over two shares of the training images
+data:
+  make: digits
+  options: {tiny: true, seed: 1}
+base:
+  cfg: yolov3-tiny-3l-small
+  set: {data.imgsz: 128, data.batch: 8, diagnostics.grad_share_every: 0}
+budget: {steps: 4}
+seeds: 1
+factors:
+  data.train_share: [1.0, 0.5]
+"""
+
+
+def test_a_budget_in_steps_trains_every_share_as_many_steps_on_one_lr_schedule(tmp_path):
+    """16 training images at batch 8 are 2 steps an epoch, their half 1: a budget of 4 steps is 2 epochs of all
+    the images and 4 of the half, and the warm-up (1 epoch of all the images) is 2 steps in both. So both runs
+    take the same learning rate at every one of their 4 steps, read from each run's lr.jsonl."""
+    from yololab.study.data import study_data
+    from yololab.study.trial import TrialContext, train_run
+
+    path = tmp_path / "steps.yaml"
+    path.write_text(STEPS_STUDY)
+    study, study_dir = load_study(path), tmp_path / "study"
+    context = TrialContext(study.spec, str(study_dir), str(study_data(study.spec, study_dir)), threads=1)
+    schedules = {}
+    for configuration in study.configurations:
+        record = train_run(context, configuration, 0, report=False)
+        folder = study_dir / "runs" / f"{configuration.name}-s0"
+        rows = [json.loads(line) for line in (folder / "lr.jsonl").read_text().splitlines()]
+        schedules[configuration.name] = [lr for row in rows for lr in row["lr"]]
+        assert record.epochs == len(rows)
+    assert {name: len(lrs) for name, lrs in schedules.items()} == {"train_share=1.0": 4, "train_share=0.5": 4}
+    assert schedules["train_share=0.5"] == pytest.approx(schedules["train_share=1.0"], rel=1e-9)
+    lrs = schedules["train_share=1.0"]
+    assert lrs[0] == pytest.approx(lrs[1] / 2) and lrs[1] == max(lrs)  # a warm-up of 2 steps: half, then the peak
+    epochs = {name: read_record(study_dir / "runs" / f"{name}-s0").epochs for name in schedules}
+    assert epochs == {"train_share=1.0": 2, "train_share=0.5": 4}

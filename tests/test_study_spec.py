@@ -82,6 +82,10 @@ BAD = [
     (("{data.imgsz: 128}", "{data.imgsze: 128}"), "base.set.data.imgsze", "unknown config field", 4),
     (("seeds: 2", "seeds: [1, 1]"), "seeds", "distinct seeds", 7),
     (("budget:\n  epochs: 2\n", "budget:\n  epochs: 0\n"), "budget.epochs", "greater than 0", 6),
+    (("budget:\n  epochs: 2\n", "budget:\n  minutes: 2\n"), "budget", "give epochs or steps", 5),
+    (("budget:\n  epochs: 2\n", "budget:\n  epochs: 2\n  steps: 100\n"), "budget", "give epochs or steps", 5),
+    (("budget:\n  epochs: 2\n", "budget:\n  steps: 100\nasha: {grace_epochs: 1}\n"), "",
+     "asha needs a budget in epochs", None),
 ]
 
 
@@ -110,3 +114,11 @@ def test_cli_prints_the_one_line_and_exits_2(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(StudyError, match="no such study file"):
         load_study(tmp_path / "absent.yaml")
+
+
+def test_a_budget_in_steps_and_epochs_from_the_command_line(tmp_path):
+    path = _write(tmp_path, GOOD.replace("budget:\n  epochs: 2\n", "budget:\n  steps: 375\n  minutes: 30\n"))
+    budget = load_study(path).spec.budget
+    assert (budget.steps, budget.epochs, budget.describe()) == (375, None, "375 steps, at most 30 min per run")
+    budget = load_study(path, epochs=4).spec.budget  # --epochs replaces the steps, keeps the cap
+    assert (budget.steps, budget.epochs, budget.describe()) == (None, 4, "4 epochs, at most 30 min per run")

@@ -67,14 +67,16 @@ def run_study(study: Study, project: str | Path, name: str, address: str | None 
 
 def _claim(study: Study, study_dir: Path) -> None:
     """Write ``study.yaml`` into a new study folder, or check that an existing one holds the same study or one it
-    grows (:func:`grows`): then the finished runs are kept and only the new ones train."""
+    grows (:func:`grows`) and that its finished runs are still what their configurations give: then they are
+    kept and only the new runs train."""
     resolved = study.spec.model_dump(mode="json")
     path = study_dir / STUDY_FILE
     if path.is_file() and not grows(yaml.safe_load(path.read_text()) or {}, resolved):
         raise StudyError(path, None, f"holds a different study than {study.path}: use another --name (or delete "
                          "the folder) rather than mixing two studies' runs; a study may only grow there (levels "
                          "or seeds appended, more search samples)")
-    _check_finished_runs(study, study_dir)
+    if path.is_file():
+        _check_finished_runs(study, study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# resolved from {study.path}\n" + yaml.safe_dump(resolved, sort_keys=False))
 
@@ -89,7 +91,7 @@ def _check_finished_runs(study: Study, study_dir: Path) -> None:
         record = read_record(folder)
         if record is None or not (folder / "config.yaml").is_file():
             continue
-        drift = config_drift(study.spec, folder, record)
+        drift = config_drift(study.spec, folder, record, study_data(study.spec, study_dir))
         if drift:
             shown = list(drift.items())[:DRIFT_SHOWN]
             changes = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in shown)

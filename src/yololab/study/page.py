@@ -49,8 +49,7 @@ def _summary(study: Study, rows: list[RunRow], study_dir: Path) -> str:
         ("data", spec.data if isinstance(spec.data, str) else f"generated: {spec.data.make} {spec.data.options}"),
         ("base", f"cfg {spec.base.cfg or '(default)'}, preset {spec.base.preset or '(default)'}, "
                  f"set {spec.base.set or {}}" + (f", config {spec.base.config}" if spec.base.config else "")),
-        ("budget", f"{spec.budget.epochs} epoch{'s' if spec.budget.epochs != 1 else ''}"
-                   + (f", at most {spec.budget.minutes:g} min per run" if spec.budget.minutes else "")),
+        ("budget", spec.budget.describe()),
         ("seeds", ", ".join(map(str, study.seeds))),
         ("design", "search (Optuna TPE)" if spec.search else spec.design),
         ("baseline", study.baseline.name if study.baseline else "– (a search has none)"),

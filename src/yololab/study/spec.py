@@ -55,9 +55,28 @@ class BaseSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    epochs: int = Field(gt=0, description="Epochs of every run (the length of its LR schedule).")
+    """How long each run trains: a number of epochs, or of optimiser steps (darknet's ``max_batches``) for runs
+    whose epochs differ in length, e.g. shares of the training data. Either may be capped in minutes."""
+
+    epochs: int | None = Field(None, gt=0, description="Epochs of every run (the length of its LR schedule).")
+    steps: int | None = Field(None, gt=0, description="Optimiser steps of every run instead of epochs: a run "
+                              "trains the fewest whole epochs of its own training images that reach them, and "
+                              "its LR warm-up lasts as many steps as optim.warmup_epochs of the study's whole "
+                              "training set.")
     minutes: float | None = Field(None, gt=0, description="Wall-clock limit per run: training stops at the "
                                   "first epoch end past it (Lightning's Timer).")
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> BudgetSpec:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give epochs or steps (one of them)")
+        return self
+
+    def describe(self) -> str:
+        """``3 epochs``, ``375 steps, at most 30 min per run``."""
+        count, unit = (self.epochs, "epoch") if self.epochs is not None else (self.steps, "step")
+        text = f"{count} {unit}{'s' if count != 1 else ''}"
+        return text + (f", at most {self.minutes:g} min per run" if self.minutes else "")
 
 
 class AshaSpec(_Strict):
@@ -108,6 +127,8 @@ class StudySpec(_Strict):
             raise ValueError("give factors or a search, not both")
         if self.search is not None and self.asha is not None:
             raise ValueError("asha needs a grid: a search trains all seeds of a sample in one trial")
+        if self.asha is not None and self.budget.steps is not None:
+            raise ValueError("asha needs a budget in epochs: it stops runs at epoch rungs shared by all runs")
         return self
 
 
@@ -158,7 +179,7 @@ def load_study(path: str | Path, data: str | None = None, epochs: int | None = N
     if data is not None:
         raw["data"] = data
     if epochs is not None:
-        raw["budget"] = {**(raw.get("budget") or {}), "epochs": epochs}
+        raw["budget"] = {**_without_steps(raw.get("budget")), "epochs": epochs}
     if seeds is not None:
         raw["seeds"] = seeds
     where = _Locator(path, text)
@@ -169,6 +190,11 @@ def load_study(path: str | Path, data: str | None = None, epochs: int | None = N
         loc = tuple(str(p) for p in first["loc"] if not _is_union_tag(p))
         raise where.error(loc, first["msg"].removeprefix("Value error, ")) from None
     return _expand(spec, where)
+
+
+def _without_steps(budget) -> dict:
+    """A budget mapping without its steps (an epoch count given on the command line replaces them)."""
+    return {k: v for k, v in budget.items() if k != "steps"} if isinstance(budget, dict) else {}
 
 
 def _is_union_tag(part) -> bool:

@@ -118,7 +118,7 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     study_dir = Path(context.study_dir)
     folder = run_dir(study_dir, configuration.name, seed)
     data = share_data(Path(context.data), configuration.overrides.get(TRAIN_SHARE, 1.0), study_dir)
-    cfg = run_config(context.spec, configuration, seed, folder, data)
+    cfg = run_config(context.spec, configuration, seed, folder, data, Path(context.data))
     callbacks = [_tune_report()] if report else []
     if context.spec.budget.minutes:
         from lightning.pytorch.callbacks import Timer
@@ -141,34 +141,59 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     return record
 
 
-# Fields of a run's config.yaml that the runner fills in (folder, data copy, loader processes, seed, budget),
-# not the study's configuration.
-RUNNER_FIELDS = ("project", "name", "data.data", "data.workers", "train.seed", "train.epochs")
+# Where a run lives (a study folder may be moved): not compared with what its configuration resolves to now.
+PLACE_FIELDS = ("project", "name", "data.data")
 FITTED_ANCHORS = "model.anchors"  # written into config.yaml by the anchor fit when the configuration has none
 
 
-def run_config(spec: StudySpec, configuration: Configuration, seed: int, folder: Path, data: Path):
+def run_config(spec: StudySpec, configuration: Configuration, seed: int, folder: Path, data: Path,
+               full_data: Path):
     """The RunConfig of one run: the configuration resolved on the study's base, into ``folder``, on ``data``
-    (the study's data or its share), with the run's seed and the study's budget."""
+    (the study's data ``full_data`` or a share of it), with the run's seed and the study's budget."""
     cfg = resolve(spec, configuration.overrides)
     workers = cfg.data.workers if _sets(spec, "data.workers") else DEFAULT_WORKERS
+    epochs, warmup = budget_epochs(spec, cfg, data, full_data)
     return cfg.model_copy(update={
         "project": str(folder.parent), "name": folder.name,
         "data": cfg.data.model_copy(update={"data": str(data), "workers": workers}),
-        "train": cfg.train.model_copy(update={"seed": seed, "epochs": spec.budget.epochs}),
+        "train": cfg.train.model_copy(update={"seed": seed, "epochs": epochs}),
+        "optim": cfg.optim.model_copy(update={"warmup_epochs": warmup}),
     })
 
 
-def config_drift(spec: StudySpec, folder: Path, record: RunRecord) -> dict[str, tuple]:
-    """Fields whose value in a finished run's config.yaml differs from what its configuration resolves to now:
-    dotted key -> (trained with, resolves to), top-level keys first. Not empty when a default changed since the run trained (e.g. the
-    default preset of a base that names none): such a run no longer measures the configuration of its name.
-    The runner's fields and anchors the run fitted itself are not compared."""
+def budget_epochs(spec: StudySpec, cfg, data: Path, full_data: Path) -> tuple[int, float]:
+    """(epochs, LR warm-up epochs) of a run on ``data`` with ``cfg``'s batch. A budget in steps gives the fewest
+    whole epochs whose optimiser steps reach it, and a warm-up of as many steps as ``optim.warmup_epochs`` of the
+    whole training set (``full_data``): runs on a share of the images train as many steps and warm up as long
+    as runs on all of them."""
+    budget = spec.budget
+    if budget.steps is None:
+        return budget.epochs, cfg.optim.warmup_epochs
+    run_steps, full_steps = (steps_per_epoch(path, cfg) for path in (data, full_data))
+    return math.ceil(budget.steps / run_steps), cfg.optim.warmup_epochs * full_steps / run_steps
+
+
+def steps_per_epoch(data: Path, cfg) -> int:
+    """Optimiser steps of one epoch over the training images of ``data``: batches of ``data.batch`` (the last
+    one partial), one step per ``train.accumulate_grad_batches`` of them."""
+    from yololab.data import load_data_yaml
+
+    batches = math.ceil(len(load_data_yaml(data).splits["train"]) / cfg.data.batch)
+    return math.ceil(batches / cfg.train.accumulate_grad_batches)
+
+
+def config_drift(spec: StudySpec, folder: Path, record: RunRecord, full_data: Path) -> dict[str, tuple]:
+    """Fields whose value in a finished run's config.yaml differs from what its configuration, seed and the budget
+    give now: dotted key -> (trained with, given now), top-level keys first. Not empty when a default changed
+    since the run trained (e.g. the default preset of a base that names none): such a run no longer measures the
+    configuration of its name. Where the run lives and anchors it fitted itself are not compared."""
     from yololab.config import dotted, load_config
 
-    trained = dotted(load_config(folder / "config.yaml").model_dump(mode="json"))
-    now = dotted(resolve(spec, record.overrides).model_dump(mode="json"))
-    ignored = set(RUNNER_FIELDS) | ({FITTED_ANCHORS} if now.get(FITTED_ANCHORS) is None else set())
+    trained = load_config(folder / "config.yaml")
+    configuration = Configuration(record.config, record.levels, record.overrides)
+    now = run_config(spec, configuration, record.seed, folder, Path(trained.data.data), full_data)
+    trained, now = (dotted(cfg.model_dump(mode="json")) for cfg in (trained, now))
+    ignored = set(PLACE_FIELDS) | ({FITTED_ANCHORS} if now.get(FITTED_ANCHORS) is None else set())
     keys = sorted(trained.keys() | now.keys(), key=lambda key: (key.count("."), key))  # preset before loss.*
     return {key: (trained.get(key), now.get(key)) for key in keys
             if key not in ignored and trained.get(key) != now.get(key)}
