@@ -273,3 +273,23 @@ def test_a_budget_in_steps_trains_every_share_as_many_steps_on_one_lr_schedule(t
     assert lrs[0] == pytest.approx(lrs[1] / 2) and lrs[1] == max(lrs)  # a warm-up of 2 steps: half, then the peak
     epochs = {name: read_record(study_dir / "runs" / f"{name}-s0").epochs for name in schedules}
     assert epochs == {"train_share=1.0": 2, "train_share=0.5": 4}
+
+
+def test_a_folder_written_before_a_new_study_field_continues(tmp_path):
+    """A study.yaml written by a yololab whose study files had fewer fields (here: no budget.steps) holds the
+    same study as the file now gives; a changed value in it is still refused."""
+    import yaml
+
+    from yololab.study import StudyError
+    from yololab.study.execute import STUDY_FILE, _claim
+
+    study, study_dir = load_study(SMOKE), tmp_path / "s"
+    _claim(study, study_dir)
+    written = yaml.safe_load((study_dir / STUDY_FILE).read_text())
+    del written["budget"]["steps"]
+    (study_dir / STUDY_FILE).write_text(yaml.safe_dump(written))
+    _claim(study, study_dir)
+    written["budget"] = {"epochs": 2}
+    (study_dir / STUDY_FILE).write_text(yaml.safe_dump(written))
+    with pytest.raises(StudyError, match="holds a different study"):
+        _claim(study, study_dir)

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from yololab.study.data import study_data
-from yololab.study.spec import Configuration, Study, StudyError, config_name, seed_list
+from yololab.study.spec import Configuration, Study, StudyError, StudySpec, config_name, seed_list
 from yololab.study.trial import (
     RUNS_DIR,
     SEARCH_OBJECTIVE,
@@ -71,7 +72,7 @@ def _claim(study: Study, study_dir: Path) -> None:
     kept and only the new runs train."""
     resolved = study.spec.model_dump(mode="json")
     path = study_dir / STUDY_FILE
-    if path.is_file() and not grows(yaml.safe_load(path.read_text()) or {}, resolved):
+    if path.is_file() and not grows(_recorded(path), resolved):
         raise StudyError(path, None, f"holds a different study than {study.path}: use another --name (or delete "
                          "the folder) rather than mixing two studies' runs; a study may only grow there (levels "
                          "or seeds appended, more search samples)")
@@ -99,6 +100,16 @@ def _check_finished_runs(study: Study, study_dir: Path) -> None:
             raise StudyError(folder / "config.yaml", None, f"this finished run was trained with other values than "
                              f"{study.path} gives now ({changes}): a default changed since; name the values in "
                              "the study's base, or use another --name")
+
+
+def _recorded(path: Path) -> dict:
+    """The resolved study a folder's study.yaml holds, with the fields a newer yololab added to study files at
+    their defaults (a folder written before them is the same study); as written when it no longer validates."""
+    recorded = yaml.safe_load(path.read_text()) or {}
+    try:
+        return StudySpec(**recorded).model_dump(mode="json")
+    except (ValidationError, TypeError):
+        return recorded
 
 
 # Fields of a resolved study that may grow in a folder that holds it; every other field must stay equal.
