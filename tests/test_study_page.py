@@ -148,3 +148,21 @@ def test_test_ap_by_size_columns_come_from_an_eval_result():
             "by_bin": {"tiny": {"mAP50": 0.05, "mAP50_95": 0.01, "n_truths": 2}}}
     assert size_aps(size_metrics(test), "test") == {"test_mAP50_small": 0.1, "test_mAP50_medium": 0.3,
                                                     "test_mAP50_large": 0.7, "test_bin_tiny_mAP50": 0.05}
+
+
+def test_seed_bands_over_steps_line_up_runs_of_different_epoch_lengths():
+    """A budget in steps: a run on all the images ends its epochs at steps 10 and 20, its share at 5, 10, 15
+    and 20. Over steps, each configuration's seeds are averaged at the steps they share, by hand."""
+    from yololab.study.curves import seed_band
+
+    def rows(step_values):
+        return [{"epoch": e, "split": "val", "step": step, "mAP50": v} for e, (step, v) in enumerate(step_values)]
+
+    full = [rows([(10, 0.2), (20, 0.6)]), rows([(10, 0.4), (20, 0.8)])]
+    share = [rows([(5, 0.1), (10, 0.2), (15, 0.3), (20, 0.4)]), rows([(5, 0.3), (10, 0.2), (15, 0.1), (20, 0.2)])]
+    steps, mean, low, high = seed_band(full, "val", "mAP50", x="step")
+    assert steps == [10, 20] and mean.tolist() == pytest.approx([0.3, 0.7])
+    assert low.tolist() == pytest.approx([0.2, 0.6]) and high.tolist() == pytest.approx([0.4, 0.8])
+    steps, mean, _, _ = seed_band(share, "val", "mAP50", x="step")
+    assert steps == [5, 10, 15, 20] and mean.tolist() == pytest.approx([0.2, 0.2, 0.2, 0.3])
+    assert seed_band(share, "val", "mAP50")[0] == [0, 1, 2, 3]  # the default x: epochs

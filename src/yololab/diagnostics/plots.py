@@ -110,14 +110,15 @@ def _term_order(terms: set[str]) -> list[str]:
     return [t for t in TERMS if t in terms] + sorted(terms - set(TERMS))
 
 
-def series(rows: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
-    """(epochs, values) of ``key`` in the ``split`` rows that have it; null becomes NaN (a gap)."""
-    epochs, values = [], []
+def series(rows: list[dict], split: str, key: str, x: str = "epoch") -> tuple[list[int], list[float]]:
+    """(x values, values) of ``key`` in the ``split`` rows that have it, ``x`` being the rows' ``epoch`` or
+    ``step`` (optimiser steps at the epoch's end); null becomes NaN (a gap)."""
+    xs, values = [], []
     for row in rows:
-        if row.get("split") == split and key in row:
-            epochs.append(row["epoch"])
+        if row.get("split") == split and key in row and x in row:
+            xs.append(row[x])
             values.append(math.nan if row[key] is None else float(row[key]))
-    return epochs, values
+    return xs, values
 
 
 def run_colour(i: int) -> str:

@@ -185,6 +185,7 @@ def write_page(study: Study, rows: list[RunRow], study_dir: Path) -> Path:
     stats = config_stats(study, rows)
     found = comparisons(study, rows)
     groups = _groups(stats, rows)
+    x = "step" if study.spec.budget.steps is not None else "epoch"  # runs of a steps budget differ in epochs
     study_text = (study_dir / "study.yaml").read_text() if (study_dir / "study.yaml").is_file() else ""
     sections = [
         ("summary", "Summary", _summary(study, rows, study_dir)),
@@ -193,9 +194,9 @@ def write_page(study: Study, rows: list[RunRow], study_dir: Path) -> Path:
          _configurations(study, stats, rows)),
         ("differences", "Paired differences against the baseline (same seeds)", _differences(found)),
         ("map", "Validation mAP: mean over seeds, band from min to max",
-         _img(curves.map_band_plot(groups), "mAP")),
+         _img(curves.map_band_plot(groups, x), "mAP")),
         ("losses", "Loss terms: train (solid) vs val (dashed), mean over seeds, band from min to max",
-         _img(curves.loss_band_grid(groups), "loss terms")),
+         _img(curves.loss_band_grid(groups, x), "loss terms")),
         ("gaps", "Train/val gap per term and scale", _gaps(groups)),
         ("findings", "The doctor's findings by configuration", _findings(stats, rows)),
         ("runs", "Runs", _runs(study, rows, study_dir)),
