@@ -328,6 +328,49 @@ def test_overfitting_needs_k_rising_epochs():
 # --------------------------------------------------------------------------------------------- rule 6
 
 
+def _memorising(val_cls: dict[int, float]) -> list[dict]:
+    """Healthy rows whose class term at scale 0 goes to 0.008 on training (0.8 * 0.4 ** epoch) with ``val_cls``
+    on validation."""
+    rows = healthy_rows()
+    set_values(rows, "train", "loss/cls/s0", {e: 0.8 * 0.4 ** e for e in range(EPOCHS)})
+    return set_values(rows, "val", "loss/cls/s0", val_cls)
+
+
+STALLED_VAL_CLS = {0: 0.8, 1: 0.7, 2: 0.65, 3: 0.62, 4: 0.61, 5: 0.6}  # kept 75 % of its first value
+
+
+@pytest.mark.parametrize(("data_config", "changes", "said"), [
+    ({"augment": {"enabled": False}}, {"data.augment.enabled": True}, "augmentation (it is off)"),
+    ({"augment": {"enabled": True}}, {}, "augmentation:"),
+    (None, {}, "augmentation:"),
+])
+def test_memorised_training_images_when_validation_stalls_while_training_learns(data_config, changes, said):
+    (f,) = only(diagnose(_memorising(STALLED_VAL_CLS), HEALTHY_FIT, data_config=data_config),
+                "memorised_training_images")
+    train = 0.8 * 0.4 ** 5
+    assert (f.severity, f.scale, f.term, f.first_epoch) == ("warning", 0, "cls", 5)
+    assert f.numbers["train"] == pytest.approx(train) and (f.numbers["val"], f.numbers["val_first"]) == (0.6, 0.8)
+    assert f.numbers["ratio"] == pytest.approx(0.6 / train) and list(f.numbers["gaps"]) == ["cls/s0"]
+    assert "0.00819 on training and 0.6 on validation (73x), where validation started at 0.8" in f.message
+    assert f.changes == changes and said in f.suggestion
+
+
+@pytest.mark.parametrize(("val_cls", "the_reason"), [
+    ({0: 0.8, 1: 0.7, 2: 0.6, 3: 0.5, 4: 0.4, 5: 0.35}, {"gap_val_kept": 0.4}),  # validation learnt: kept 44 %
+    ({e: 0.1 for e in range(EPOCHS)}, {"gap_share": 0.0}),  # 12x the train term, a gap of 0.09 in a total of 5
+])
+def test_memorised_training_images_quiet_when_validation_learns_or_the_gap_is_small(val_cls, the_reason):
+    rows = _memorising(val_cls)
+    assert only(diagnose(rows, HEALTHY_FIT), "memorised_training_images") == []
+    assert len(only(diagnose(rows, HEALTHY_FIT, DoctorConfig(**the_reason)), "memorised_training_images")) == 1
+
+
+def test_memorised_training_images_quiet_below_the_ratio():
+    rows = _memorising(STALLED_VAL_CLS)
+    set_values(rows, "train", "loss/cls/s0", {5: 0.07})  # 0.6 / 0.07 = 8.6x
+    assert only(diagnose(rows, HEALTHY_FIT), "memorised_training_images") == []
+
+
 def test_identically_zero_class_term_with_softmax():
     rows = healthy_rows()
     for split in ("train", "val"):
