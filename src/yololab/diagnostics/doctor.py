@@ -113,8 +113,8 @@ class DoctorConfig(BaseModel):
         "it is the epoch-to-epoch noise of a small validation set).")
     gap_ratio: float = Field(
         10.0, gt=1, description="Memorised training images: a term's val value at the last epoch at least this "
-        "many times its train value (at 375 steps on 200 digit images the class term was 105-115x; over 80 runs "
-        "of the shipped studies on 1,000-2,000 images, at most 6x).")
+        "many times its train value (at 375 steps on 200 digit images the class term was 105-115x; in 77 other runs "
+        "of the shipped studies, on 200 to 2,000 images, at most 6x).")
     gap_share: float = Field(
         0.05, ge=0, le=1, description="Memorised training images: ... and the gap (val minus train) at least this "
         "share of val loss/total, so that a term too small to matter is not named.")
