@@ -147,6 +147,7 @@ SEARCH = {**GRID, "factors": None, "search": {"samples": 4, "space": {"optim.lr"
     ({**GRID, "factors": {"preset": ["yololab", "darknet"]}}, False),             # a factor dropped
     ({**GRID, "factors": {"loss.obj_target": ["one", "iou"], "preset": ["yololab", "darknet"]}}, False),  # reordered
     ({**GRID, "budget": {"epochs": 4}}, False),
+    ({**GRID, "cpus_per_trial": 4, "gpus_per_trial": 0.5}, True),              # where runs train, not what
     ({**GRID, "data": "other.yaml"}, False),
     ({**GRID, "factors": None, "search": SEARCH["search"]}, False),              # a grid turned search
 ])
@@ -213,6 +214,8 @@ def test_finished_runs_trained_under_another_default_are_refused(tmp_path):
     ({}, None),                                                          # as the runner writes it
     ({"model": {"anchors": [[[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]] * 3}}, None),  # fitted by the run itself
     ({"project": "/moved/runs", "name": "elsewhere"}, None),            # the study folder was moved
+    ({"train": {"accelerator": "cpu"}}, None),                          # a run kept off a machine's GPUs
+    ({"train": {"precision": "bf16-mixed"}}, "train.precision: 'bf16-mixed' then, '32-true' now"),
     ({"train": {"epochs": 7}}, "train.epochs: 7 then, 1 now"),
     ({"data": {"workers": 3}}, "data.workers: 3 then, 0 now"),
     ({"optim": {"warmup_epochs": 2.0}}, "optim.warmup_epochs: 2.0 then, 1.0 now"),

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from yololab.study.data import study_data
-from yololab.study.spec import Configuration, Study, StudyError, StudySpec, config_name, seed_list
+from yololab.study.spec import Configuration, Study, StudyError, StudySpec, config_name, locate, seed_list
 from yololab.study.trial import (
     RUNS_DIR,
     SEARCH_OBJECTIVE,
@@ -39,6 +39,9 @@ STUDY_FILE = "study.yaml"  # the resolved study, written into the study folder
 # to training (Ray's floor is 75 MiB).
 OBJECT_STORE_BYTES = 100 * 2**20
 RAY_DIR = "ray"  # Ray Tune's experiment state, under the study folder
+GPUS_KEY = "gpus_per_trial"
+ACCELERATOR_KEY = "train.accelerator"
+GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning accelerators that need a GPU
 
 
 @dataclass
@@ -112,16 +115,19 @@ def _recorded(path: Path) -> dict:
         return recorded
 
 
-# Fields of a resolved study that may grow in a folder that holds it; every other field must stay equal.
+# Fields of a resolved study that may grow in a folder that holds it, and fields that say where its runs train,
+# not what they measure (a study begun on CPUs may go on with GPUs); every other field must stay equal.
 GROWING_FIELDS = ("description", "factors", "seeds", "search")
+RESOURCE_FIELDS = ("cpus_per_trial", "gpus_per_trial")
 
 
 def grows(old: dict, new: dict) -> bool:
     """True when the resolved study ``new`` is ``old`` or ``old`` grown: a grid's factors with levels appended
     (same factors, same order, old levels first and unchanged) and seeds appended, or a search asking for more
-    samples over the same space and seeds. Its finished runs then belong to ``new`` under the same names, and the
-    baseline (a factor's first level unless named) is unchanged."""
-    if _without(old, GROWING_FIELDS) != _without(new, GROWING_FIELDS):
+    samples over the same space and seeds; a trial's cores and GPUs may differ. Its finished runs then belong to
+    ``new`` under the same names, and the baseline (a factor's first level unless named) is unchanged."""
+    kept = GROWING_FIELDS + RESOURCE_FIELDS
+    if _without(old, kept) != _without(new, kept):
         return False
     old_seeds, new_seeds = seed_list(old.get("seeds") or []), seed_list(new.get("seeds") or [])
     old_factors, new_factors = old.get("factors"), new.get("factors")
@@ -160,16 +166,39 @@ def _start_ray(address: str | None, verbose: int) -> bool:
     return True
 
 
-def _tune(trainable, context: TrialContext, outcome: StudyOutcome, address: str | None, verbose: int,
-          param_space: dict, tune_config_args: dict):
-    """``Tuner.fit`` of ``trainable`` (one trial = ``cpus_per_trial`` cores); Ray is shut down afterwards when
-    this call started it."""
+def trial_gpus(study: Study, cluster_gpus: float, local: bool) -> tuple[float, str | None]:
+    """(GPUs of one trial, the ``train.accelerator`` every run gets or None to leave the config's) on a Ray
+    whose nodes hold ``cluster_gpus`` GPUs in all.
+
+    ``gpus_per_trial`` unset: 1 when there are GPUs, else 0 (0 too when the base asks for the CPU). A trial
+    without a GPU trains on the CPU even where GPUs are (Ray leaves them visible to it). Raises StudyError,
+    naming the study file's line, when a trial asks for more GPUs than this machine's Ray has (``local``; a
+    cluster may add nodes) or when the base's accelerator needs a GPU that the trials do not get."""
+    wanted, accelerator = study.spec.gpus_per_trial, study.spec.base.set.get(ACCELERATOR_KEY, "auto")
+    if wanted is None:
+        wanted = 1.0 if cluster_gpus > 0 and accelerator != "cpu" else 0.0
+    if wanted > 0 and local and wanted > cluster_gpus:
+        raise locate(study.path, (GPUS_KEY,), f"{wanted:g} GPUs per run, but Ray on this machine sees "
+                     f"{cluster_gpus:g} (set {GPUS_KEY}: 0 to train on the CPU)")
+    if wanted == 0 and accelerator in GPU_ACCELERATORS:
+        raise locate(study.path, (GPUS_KEY,), f"the base sets {ACCELERATOR_KEY}: {accelerator}, which needs a "
+                     f"GPU, but the runs get none (set {GPUS_KEY} above 0)")
+    return wanted, ("cpu" if wanted == 0 and cluster_gpus > 0 else None)
+
+
+def _tune(trainable, study: Study, context: TrialContext, outcome: StudyOutcome, address: str | None,
+          verbose: int, param_space: dict, tune_config_args: dict):
+    """``Tuner.fit`` of ``trainable`` (one trial = ``cpus_per_trial`` cores and ``trial_gpus`` GPUs); Ray is
+    shut down afterwards when this call started it."""
+    import ray
     from ray import tune
 
     started = _start_ray(address, verbose)
     try:
+        gpus, accelerator = trial_gpus(study, ray.cluster_resources().get("GPU", 0.0), local=not address)
+        context = replace(context, gpus=gpus, accelerator=accelerator)
         trainable = tune.with_resources(tune.with_parameters(trainable, context=context),
-                                        {"cpu": context.threads})
+                                        {"cpu": context.threads, "gpu": gpus})
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: trial.trial_id,
@@ -180,8 +209,6 @@ def _tune(trainable, context: TrialContext, outcome: StudyOutcome, address: str 
         results = tuner.fit()
     finally:
         if started:
-            import ray
-
             ray.shutdown()
     for result in results:
         outcome.trained += 1
@@ -214,7 +241,7 @@ def _grid(study: Study, context: TrialContext, outcome: StudyOutcome, address: s
         args["scheduler"] = ASHAScheduler(time_attr=TUNE_TIME, max_t=study.spec.budget.epochs,
                                           grace_period=asha.grace_epochs, reduction_factor=asha.reduction_factor)
     context = replace(context, runs=pending)
-    _tune(grid_trial, context, outcome, address, verbose, {"run": tune.grid_search(list(pending))}, args)
+    _tune(grid_trial, study, context, outcome, address, verbose, {"run": tune.grid_search(list(pending))}, args)
     if asha is not None:
         _record_stopped(pending, outcome)
 
@@ -284,5 +311,5 @@ def _search(study: Study, context: TrialContext, outcome: StudyOutcome, address:
             verbose: int) -> None:
     algorithm, remaining, outcome.skipped = searcher(study, outcome.study_dir)
     if remaining > 0:
-        _tune(search_trial, context, outcome, address, verbose, {},
+        _tune(search_trial, study, context, outcome, address, verbose, {},
               {"search_alg": algorithm, "num_samples": remaining})

@@ -118,6 +118,9 @@ class StudySpec(_Strict):
     search: SearchSpec | None = None
     asha: AshaSpec | None = None
     cpus_per_trial: int = Field(1, gt=0, description="CPU cores (and torch threads) of one run.")
+    gpus_per_trial: float | None = Field(
+        None, ge=0, description="GPUs of one run; a fraction shares a GPU between runs (0.5: two per GPU). "
+        "Default: 1 when Ray sees GPUs, else 0. With 0 on a machine with GPUs the runs train on the CPU.")
 
     @model_validator(mode="after")
     def _grid_or_search(self) -> StudySpec:
@@ -226,6 +229,15 @@ class _Locator:
 
     def error(self, keys: tuple[str, ...], problem: str) -> StudyError:
         return StudyError(self.path, self.line(keys), f"{'.'.join(keys)}: {problem}" if keys else problem)
+
+
+def locate(path: Path, keys: tuple[str, ...], problem: str) -> StudyError:
+    """``StudyError`` naming the line of ``keys`` in the study file ``path`` (no line if it cannot be read)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return StudyError(path, None, f"{'.'.join(keys)}: {problem}")
+    return _Locator(Path(path), text).error(keys, problem)
 
 
 # --------------------------------------------------------------------------------------------- checks

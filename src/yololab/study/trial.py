@@ -33,6 +33,8 @@ class TrialContext:
     study_dir: str
     data: str  # the study's data.yaml (absolute)
     threads: int  # torch threads of one run
+    gpus: float = 0.0  # GPUs Ray gives one run (execute.trial_gpus)
+    accelerator: str | None = None  # train.accelerator of every run when the study decides it ("cpu": no GPU)
     runs: dict[str, tuple[Configuration, int]] = field(default_factory=dict)  # grid: run name -> (config, seed)
 
 
@@ -48,6 +50,7 @@ class RunRecord:
     epochs: int
     minutes: float
     test: dict | None = None
+    gpu_ids: list[str] = field(default_factory=list)  # the GPUs Ray gave the run (CUDA_VISIBLE_DEVICES)
 
     def write(self, run_dir: Path) -> None:
         (run_dir / RUN_RECORD).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -67,6 +70,15 @@ def read_record(path: Path) -> RunRecord | None:
         return RunRecord(**json.loads((path / RUN_RECORD).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _gpu_ids() -> list[str]:
+    """The GPUs Ray assigned to this trial (it sets CUDA_VISIBLE_DEVICES to them); empty outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
 
 
 def _tune_report():
@@ -119,6 +131,8 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     folder = run_dir(study_dir, configuration.name, seed)
     data = share_data(Path(context.data), configuration.overrides.get(TRAIN_SHARE, 1.0), study_dir)
     cfg = run_config(context.spec, configuration, seed, folder, data, Path(context.data))
+    if context.accelerator is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"accelerator": context.accelerator})})
     callbacks = [_tune_report()] if report else []
     if context.spec.budget.minutes:
         from lightning.pytorch.callbacks import Timer
@@ -132,7 +146,7 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     minutes = training_minutes(folder)
     record = RunRecord(configuration.name, dict(configuration.levels), dict(configuration.overrides), seed,
                        FINISHED, epochs, minutes if math.isfinite(minutes) else (time.perf_counter() - start) / 60,
-                       _test_metrics(result.last_checkpoint, cfg) if _has_test(data) else None)
+                       _test_metrics(result.last_checkpoint, cfg) if _has_test(data) else None, _gpu_ids())
     if record.test is not None:
         from yololab.diagnostics.report import TEST_METRICS
 
@@ -141,8 +155,9 @@ def train_run(context: TrialContext, configuration: Configuration, seed: int, re
     return record
 
 
-# Where a run lives (a study folder may be moved): not compared with what its configuration resolves to now.
-PLACE_FIELDS = ("project", "name", "data.data")
+# Where a run lives (a study folder may be moved) and on which device it trained (what Ray gave it): not compared
+# with what its configuration resolves to now.
+PLACE_FIELDS = ("project", "name", "data.data", "train.accelerator")
 FITTED_ANCHORS = "model.anchors"  # written into config.yaml by the anchor fit when the configuration has none
 
 

@@ -1,0 +1,84 @@
+"""GPUs of a study's trials: how many each run asks Ray for, when runs are kept on the CPU, the one-line refusals,
+and a real local Ray with GPUs that hands each run its own (declared to Ray, so the test runs on any machine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from yololab.config import load_config
+from yololab.study import StudyError, load_study
+from yololab.study.execute import run_study, trial_gpus
+from yololab.study.trial import RUN_RECORD, run_dir
+
+STUDY = """\
+data: {make: digits, options: {tiny: true, seed: 1}}
+base:
+  cfg: yolov3-tiny-3l-small
+  preset: yololab
+  set: {data.imgsz: 128, data.batch: 8, diagnostics.grad_share_every: 0,
+        diagnostics.report: false, diagnostics.histograms: falseACCELERATOR}
+budget: {epochs: 1}
+seeds: 1
+factors:
+  loss.obj_target: [one]
+"""
+
+
+def _study(tmp_path: Path, gpus: str | None = None, accelerator: str | None = None):
+    text = STUDY.replace("ACCELERATOR", f", train.accelerator: {accelerator}" if accelerator else "")
+    if gpus is not None:
+        text += f"gpus_per_trial: {gpus}\n"
+    path = tmp_path / "gpus.yaml"
+    path.write_text(text)
+    return load_study(path)
+
+
+@pytest.mark.parametrize("gpus, accelerator, cluster_gpus, local, expected", [
+    (None, None, 0.0, True, (0.0, None)),      # no GPU anywhere: the config's accelerator decides (auto: CPU)
+    (None, None, 2.0, True, (1.0, None)),      # GPUs: one per run
+    (None, "cpu", 2.0, True, (0.0, "cpu")),    # the base asks for the CPU: no GPU is taken from Ray
+    ("0.5", None, 1.0, True, (0.5, None)),     # two runs share a GPU
+    ("0", None, 1.0, True, (0.0, "cpu")),      # no GPU for the runs: kept off the GPU Ray leaves visible
+    ("1", None, 0.0, False, (1.0, None)),      # a cluster may add GPU nodes: left to Ray
+])
+def test_gpus_of_a_trial(tmp_path, gpus, accelerator, cluster_gpus, local, expected):
+    assert trial_gpus(_study(tmp_path, gpus, accelerator), cluster_gpus, local) == expected
+
+
+@pytest.mark.parametrize("gpus, accelerator, cluster_gpus, problem", [
+    ("1", None, 0.0, r"gpus\.yaml:11: gpus_per_trial: 1 GPUs per run, but Ray on this machine sees 0 \(set "
+                     r"gpus_per_trial: 0 to train on the CPU\)$"),
+    ("2", None, 1.0, r"gpus\.yaml:11: gpus_per_trial: 2 GPUs per run, but Ray on this machine sees 1"),
+    ("0", "gpu", 1.0, r"gpus\.yaml:11: gpus_per_trial: the base sets train\.accelerator: gpu, which needs a GPU"),
+])
+def test_gpus_a_trial_cannot_have_are_one_line_naming_the_key(tmp_path, gpus, accelerator, cluster_gpus, problem):
+    with pytest.raises(StudyError, match=problem):
+        trial_gpus(_study(tmp_path, gpus, accelerator), cluster_gpus, local=True)
+
+
+@pytest.fixture
+def ray_with_gpus():
+    """A local Ray that holds 2 GPUs (declared: Ray assigns them to trials and sets CUDA_VISIBLE_DEVICES, and on a
+    machine without them torch finds no CUDA device and the runs train on the CPU)."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray is already running in this process")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 2**20)
+    yield
+    ray.shutdown()
+
+
+def test_each_run_gets_a_gpu_from_ray(tmp_path, ray_with_gpus):
+    study = _study(tmp_path)
+    outcome = run_study(study, tmp_path, "gpus", verbose=0)
+    assert outcome.failed == [] and outcome.trained == 1
+    for seed in study.seeds:
+        folder = run_dir(outcome.study_dir, study.configurations[0].name, seed)
+        record = json.loads((folder / RUN_RECORD).read_text())
+        assert len(record["gpu_ids"]) == 1 and record["gpu_ids"][0] in {"0", "1"}
+        assert load_config(folder / "config.yaml").train.accelerator == "auto"
