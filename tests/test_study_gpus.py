@@ -82,3 +82,41 @@ def test_each_run_gets_a_gpu_from_ray(tmp_path, ray_with_gpus):
         record = json.loads((folder / RUN_RECORD).read_text())
         assert len(record["gpu_ids"]) == 1 and record["gpu_ids"][0] in {"0", "1"}
         assert load_config(folder / "config.yaml").train.accelerator == "auto"
+
+
+def _chained(*errors: Exception) -> Exception:
+    """``errors[0]`` raised from ``errors[1]`` raised from ..., as ``ray.init`` chains them."""
+    for outer, inner in zip(errors, errors[1:]):
+        outer.__cause__ = inner
+    return errors[0]
+
+
+@pytest.mark.parametrize("error, problem", [
+    # ray 2.60 against a `ray start --head` cluster without RAY_AUTH_MODE=token (seen on this machine)
+    (_chained(ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6390"),
+              RuntimeError("Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n"
+                           "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token "
+                           "is missing or incorrect.")), "asks for its token: set RAY_AUTH_MODE=token"),
+    (ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379"), "no Ray cluster answers there"),
+])
+def test_a_cluster_that_cannot_be_reached_is_one_line(error, problem):
+    from yololab.study.execute import _connection_problem
+
+    line = _connection_problem(error)
+    assert problem in line and "\n" not in line
+
+
+def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
+    """A port that was just free (bound, then closed): the connection is refused, and the study stops before Ray
+    (which would retry it for minutes)."""
+    import socket
+    import time
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(StudyError, match=rf"^--address 127\.0\.0\.1:{port}: nothing answers there \(Connection "
+                                         r"refused\): start the cluster"):
+        run_study(_study(tmp_path), tmp_path, "nowhere", address=f"127.0.0.1:{port}", verbose=0)
+    assert time.perf_counter() - start < 5

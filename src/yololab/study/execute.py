@@ -39,6 +39,9 @@ STUDY_FILE = "study.yaml"  # the resolved study, written into the study folder
 # to training (Ray's floor is 75 MiB).
 OBJECT_STORE_BYTES = 100 * 2**20
 RAY_DIR = "ray"  # Ray Tune's experiment state, under the study folder
+RAY_CLIENT_SCHEME = "ray://"
+CONNECT_TIMEOUT_S = 10  # to open a TCP connection to a cluster's address before handing it to Ray
+AUTH_MARKS = ("AuthenticationError", "InvalidAuthToken")  # in Ray's connection errors when a token is refused
 GPUS_KEY = "gpus_per_trial"
 ACCELERATOR_KEY = "train.accelerator"
 GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning accelerators that need a GPU
@@ -159,11 +162,49 @@ def _start_ray(address: str | None, verbose: int) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=verbose > 0)
+        unreachable = _unreachable(address)
+        if unreachable:
+            raise StudyError(f"--address {address}", None, unreachable)
+        try:
+            ray.init(address=address, log_to_driver=verbose > 0)
+        except ConnectionError as err:
+            raise StudyError(f"--address {address}", None, _connection_problem(err)) from err
     else:
         ray.init(num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
                  log_to_driver=verbose > 0)
     return True
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), found by opening a TCP connection
+    to it; None when it answers or is not a host and port (``auto``). ``ray.init`` itself keeps retrying an
+    address where nothing listens for minutes."""
+    import socket
+
+    host, _, port = address.removeprefix(RAY_CLIENT_SCHEME).rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        return (f"nothing answers there ({err.strerror or err}): start the cluster (`ray start --head "
+                f"--port {port}` on its first node) or leave out --address to run on this machine")
+    return None
+
+
+def _connection_problem(err: ConnectionError) -> str:
+    """What a failed ``ray.init(address=...)`` means, in one line: Ray's own error is a chain of exceptions whose
+    messages hold tracebacks (a refused token shows there as ``AuthenticationError`` / ``InvalidAuthToken``)."""
+    from ray.exceptions import AuthenticationError
+
+    cause = err
+    while cause is not None:
+        if isinstance(cause, AuthenticationError) or any(mark in str(cause) for mark in AUTH_MARKS):
+            return ("the Ray cluster there asks for its token: set RAY_AUTH_MODE=token, with the cluster's token "
+                    "in ~/.ray/auth_token or RAY_AUTH_TOKEN (Ray's token authentication)")
+        cause = cause.__cause__ or cause.__context__
+    return ("no Ray cluster answers there: start one (`ray start --head` on its first node) or leave out "
+            "--address to run on this machine")
 
 
 def trial_gpus(study: Study, cluster_gpus: float, local: bool) -> tuple[float, str | None]:
