@@ -3,6 +3,7 @@ and a real local Ray with GPUs that hands each run its own (declared to Ray, so 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def ray_with_gpus():
 
     if ray.is_initialized():
         pytest.skip("a Ray is already running in this process")
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=100 * 2**20)
     yield
     ray.shutdown()
@@ -86,7 +87,7 @@ def test_each_run_gets_a_gpu_from_ray(tmp_path, ray_with_gpus):
 
 def _chained(*errors: Exception) -> Exception:
     """``errors[0]`` raised from ``errors[1]`` raised from ..., as ``ray.init`` chains them."""
-    for outer, inner in zip(errors, errors[1:]):
+    for outer, inner in itertools.pairwise(errors):
         outer.__cause__ = inner
     return errors[0]
 
@@ -109,14 +110,52 @@ def test_a_cluster_that_cannot_be_reached_is_one_line(error, problem):
 def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
     """A port that was just free (bound, then closed): the connection is refused, and the study stops before Ray
     (which would retry it for minutes)."""
-    import socket
     import time
 
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = _free_port()
     start = time.perf_counter()
     with pytest.raises(StudyError, match=rf"^--address 127\.0\.0\.1:{port}: nothing answers there \(Connection "
                                          r"refused\): start the cluster"):
         run_study(_study(tmp_path), tmp_path, "nowhere", address=f"127.0.0.1:{port}", verbose=0)
     assert time.perf_counter() - start < 5
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
+def test_a_local_ray_is_new_even_where_a_cluster_is_named(monkeypatch):
+    """Without --address the study starts its own Ray with this machine's cores: plain ray.init() would join the
+    cluster in RAY_ADDRESS (or the last `ray start` of the machine) and then refuse num_cpus."""
+    import os
+
+    import ray
+
+    from yololab.study.execute import _start_ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray is already running in this process")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")
+    assert _start_ray(None, 0)
+    try:
+        assert ray.cluster_resources()["CPU"] == os.cpu_count()
+    finally:
+        ray.shutdown()
+
+
+def test_ray_address_in_the_environment_is_the_command_line_address(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from yololab.cli import app
+
+    port = _free_port()
+    path = tmp_path / "gpus.yaml"
+    path.write_text(STUDY.replace("ACCELERATOR", ""))
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    result = CliRunner().invoke(app, ["study", "run", str(path), "--project", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2
+    assert f"--address 127.0.0.1:{port}: nothing answers there" in " ".join(result.output.split())

@@ -29,8 +29,9 @@ def run_command(
     data: Annotated[str | None, typer.Option(help="A data.yaml instead of the study's dataset.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run instead of the study's budget.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Number of seeds instead of the study's.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray on this "
-                                                     "machine's cores).")] = None,
+    address: Annotated[str | None, typer.Option(
+        envvar="RAY_ADDRESS", help="Ray cluster address, HOST:PORT (default: $RAY_ADDRESS, else a new local Ray on "
+        "this machine's cores, even where `ray start` ran).")] = None,
     quiet: Annotated[bool, typer.Option(help="No Ray Tune progress table.")] = False,
 ) -> None:
     """Run every (configuration, seed) of a study as an ordinary run folder under PROJECT/NAME/runs/, then

@@ -39,6 +39,7 @@ STUDY_FILE = "study.yaml"  # the resolved study, written into the study folder
 # to training (Ray's floor is 75 MiB).
 OBJECT_STORE_BYTES = 100 * 2**20
 RAY_DIR = "ray"  # Ray Tune's experiment state, under the study folder
+LOCAL_RAY = "local"  # ray.init's address for a new local instance
 RAY_CLIENT_SCHEME = "ray://"
 CONNECT_TIMEOUT_S = 10  # to open a TCP connection to a cluster's address before handing it to Ray
 AUTH_MARKS = ("AuthenticationError", "InvalidAuthToken")  # in Ray's connection errors when a token is refused
@@ -170,8 +171,10 @@ def _start_ray(address: str | None, verbose: int) -> bool:
         except ConnectionError as err:
             raise StudyError(f"--address {address}", None, _connection_problem(err)) from err
     else:
-        ray.init(num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
-                 log_to_driver=verbose > 0)
+        # "local": a new Ray of this process, not a cluster an earlier `ray start` left on the machine (which
+        # plain ray.init() would join, refusing num_cpus)
+        ray.init(address=LOCAL_RAY, num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES,
+                 include_dashboard=False, log_to_driver=verbose > 0)
     return True
 
 
