@@ -128,6 +128,25 @@ def _free_port() -> int:
         return free.getsockname()[1]
 
 
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "[::1]:{port}", "ray://127.0.0.1:{port}"])
+def test_every_form_of_an_address_is_checked(form):
+    """A TCP check per form of address Ray takes; ``auto`` (find the cluster) is left to Ray."""
+    import socket
+
+    from yololab.study.execute import _unreachable
+
+    with socket.socket(socket.AF_INET6 if form.startswith("[") else socket.AF_INET) as server:
+        try:
+            server.bind(("::1" if form.startswith("[") else "127.0.0.1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        server.listen()
+        port = server.getsockname()[1]
+        assert _unreachable(form.format(port=port)) is None
+    assert "Connection refused" in _unreachable(form.format(port=port))
+    assert _unreachable("auto") is None
+
+
 def test_a_local_ray_is_new_even_where_a_cluster_is_named(monkeypatch):
     """Without --address the study starts its own Ray with this machine's cores: plain ray.init() would join the
     cluster in RAY_ADDRESS (or the last `ray start` of the machine) and then refuse num_cpus."""

@@ -179,16 +179,16 @@ def _start_ray(address: str | None, verbose: int) -> bool:
 
 
 def _unreachable(address: str) -> str | None:
-    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), found by opening a TCP connection
-    to it; None when it answers or is not a host and port (``auto``). ``ray.init`` itself keeps retrying an
-    address where nothing listens for minutes."""
+    """Why nothing answers at ``address`` (``host:port``, ``[ipv6]:port`` or ``ray://host:port``), found by
+    opening a TCP connection to it; None when it answers or is not a host and port (``auto``). ``ray.init``
+    itself keeps retrying an address where nothing listens for minutes."""
     import socket
 
     host, _, port = address.removeprefix(RAY_CLIENT_SCHEME).rpartition(":")
     if not host or not port.isdigit():
         return None
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()  # [IPv6]
     except OSError as err:
         return (f"nothing answers there ({err.strerror or err}): start the cluster (`ray start --head "
                 f"--port {port}` on its first node) or leave out --address to run on this machine")
