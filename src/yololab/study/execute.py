@@ -14,7 +14,16 @@ import yaml
 from pydantic import ValidationError
 
 from yololab.study.data import study_data
-from yololab.study.spec import Configuration, Study, StudyError, StudySpec, config_name, locate, seed_list
+from yololab.study.spec import (
+    Configuration,
+    Study,
+    StudyError,
+    StudySpec,
+    config_name,
+    locate,
+    resolve,
+    seed_list,
+)
 from yololab.study.trial import (
     RUNS_DIR,
     SEARCH_OBJECTIVE,
@@ -42,6 +51,7 @@ RAY_DIR = "ray"  # Ray Tune's experiment state, under the study folder
 LOCAL_RAY = "local"  # ray.init's address for a new local instance
 RAY_CLIENT_SCHEME = "ray://"
 CONNECT_TIMEOUT_S = 10  # to open a TCP connection to a cluster's address before handing it to Ray
+RUN_HERE = "leave out --address to run on this machine"  # the other way out of an address that fails
 AUTH_MARKS = ("AuthenticationError", "InvalidAuthToken")  # in Ray's connection errors when a token is refused
 GPUS_KEY = "gpus_per_trial"
 ACCELERATOR_KEY = "train.accelerator"
@@ -95,11 +105,12 @@ DRIFT_SHOWN = 3  # changed fields a refusal names
 def _check_finished_runs(study: Study, study_dir: Path) -> None:
     """Refuse to continue a study whose finished runs were trained with other values than their configurations
     resolve to now (a default changed in between): mixing them would compare two different studies."""
+    full_data = study_data(study.spec, study_dir)
     for folder in sorted((study_dir / RUNS_DIR).glob("*")):
         record = read_record(folder)
         if record is None or not (folder / "config.yaml").is_file():
             continue
-        drift = config_drift(study.spec, folder, record, study_data(study.spec, study_dir))
+        drift = config_drift(study.spec, folder, record, full_data)
         if drift:
             shown = list(drift.items())[:DRIFT_SHOWN]
             changes = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in shown)
@@ -191,7 +202,7 @@ def _unreachable(address: str) -> str | None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()  # [IPv6]
     except OSError as err:
         return (f"nothing answers there ({err.strerror or err}): start the cluster (`ray start --head "
-                f"--port {port}` on its first node) or leave out --address to run on this machine")
+                f"--port {port}` on its first node) or {RUN_HERE}")
     return None
 
 
@@ -206,8 +217,7 @@ def _connection_problem(err: ConnectionError) -> str:
             return ("the Ray cluster there asks for its token: set RAY_AUTH_MODE=token, with the cluster's token "
                     "in ~/.ray/auth_token or RAY_AUTH_TOKEN (Ray's token authentication)")
         cause = cause.__cause__ or cause.__context__
-    return ("no Ray cluster answers there: start one (`ray start --head` on its first node) or leave out "
-            "--address to run on this machine")
+    return f"no Ray cluster answers there: start one (`ray start --head` on its first node) or {RUN_HERE}"
 
 
 def trial_gpus(study: Study, cluster_gpus: float, local: bool) -> tuple[float, str | None]:
@@ -218,7 +228,7 @@ def trial_gpus(study: Study, cluster_gpus: float, local: bool) -> tuple[float, s
     without a GPU trains on the CPU even where GPUs are (Ray leaves them visible to it). Raises StudyError,
     naming the study file's line, when a trial asks for more GPUs than this machine's Ray has (``local``; a
     cluster may add nodes) or when the base's accelerator needs a GPU that the trials do not get."""
-    wanted, accelerator = study.spec.gpus_per_trial, study.spec.base.set.get(ACCELERATOR_KEY, "auto")
+    wanted, accelerator = study.spec.gpus_per_trial, resolve(study.spec, {}).train.accelerator
     if wanted is None:
         wanted = 1.0 if cluster_gpus > 0 and accelerator != "cpu" else 0.0
     if wanted > 0 and local and wanted > cluster_gpus:
