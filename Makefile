@@ -2,7 +2,8 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PYTEST_ARGS ?=
+# The tests in one worker process per core, a test file per worker at a time (its module fixtures built once).
+PYTEST_ARGS ?= -n auto --dist loadfile
 CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test lint browser bench clean

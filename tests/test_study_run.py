@@ -296,3 +296,49 @@ def test_a_folder_written_before_a_new_study_field_continues(tmp_path):
     (study_dir / STUDY_FILE).write_text(yaml.safe_dump(written))
     with pytest.raises(StudyError, match="holds a different study"):
         _claim(study, study_dir)
+
+
+# One run at a time (each takes every core), 4 epochs each: Ctrl+C after the first run's first epoch leaves it
+# mid-training and the second unstarted.
+INTERRUPTED_ASHA = f"""\
+data: {{make: digits, options: {{tiny: true, seed: 1}}}}
+base:
+  cfg: yolov3-tiny-3l-small
+  preset: yololab
+  set: {{data.imgsz: 128, data.batch: 2, diagnostics.grad_share_every: 0}}
+budget: {{epochs: 4}}
+seeds: 1
+factors:
+  optim.lr: [0.01, 0.00001]
+asha: {{grace_epochs: 1, reduction_factor: 2}}
+cpus_per_trial: {os.cpu_count()}
+"""
+
+
+def test_ctrl_c_says_so_and_leaves_the_interrupted_runs_to_the_next_call(tmp_path):
+    """Ray Tune returns normally after Ctrl+C: the study says which runs did not finish and exits 130, and an
+    ASHA study does not record the interrupted run as one ASHA stopped (it would never be trained again)."""
+    study_file = tmp_path / "asha.yaml"
+    study_file.write_text(INTERRUPTED_ASHA)
+    runs = tmp_path / "studies" / "asha" / "runs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "yololab.cli", "study", "run", str(study_file), "--project",
+               str(tmp_path / "studies"), "--name", "asha", "--quiet"]
+    child = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + FIRST_RUN_TIMEOUT_S
+        while not list(runs.glob("*/checkpoints/last.ckpt")):  # the first run's first epoch ended
+            assert child.poll() is None, "the study ended before its first epoch"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(POLL_S)
+        child.send_signal(signal.SIGINT)
+        output, _ = child.communicate(timeout=FIRST_RUN_TIMEOUT_S)
+    finally:
+        _kill_session(child.pid)
+    assert child.returncode == 130, output[-3000:]
+    assert "0 runs trained" in output and "interrupted: 2 runs did not finish" in output, output[-3000:]
+    (started,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert started.name == "lr=0.01-s0" and read_record(started) is None  # not recorded as stopped
+    assert (started / "checkpoints" / "last.ckpt").is_file()  # the next call continues it from here

@@ -122,3 +122,23 @@ def test_a_budget_in_steps_and_epochs_from_the_command_line(tmp_path):
     assert (budget.steps, budget.epochs, budget.describe()) == (375, None, "375 steps, at most 30 min per run")
     budget = load_study(path, epochs=4).spec.budget  # --epochs replaces the steps, keeps the cap
     assert (budget.steps, budget.epochs, budget.describe()) == (None, 4, "4 epochs, at most 30 min per run")
+
+
+def test_set_from_the_command_line_goes_over_the_base(tmp_path):
+    path = _write(tmp_path, GOOD)
+    study = load_study(path, base_set=["data.imgsz=320", "data.augment.enabled=false", "optim.lr=0.003"])
+    assert study.spec.base.set == {"data.imgsz": 320, "data.augment.enabled": False, "optim.lr": 0.003}
+    no_base = _write(tmp_path, GOOD.replace("base:\n  cfg: yolov3-tiny-3l-small\n  set: {data.imgsz: 128}\n", ""))
+    assert load_study(no_base, base_set=["data.imgsz=320"]).spec.base.set == {"data.imgsz": 320}
+    with pytest.raises(StudyError, match=r"study\.yaml: --set expects key=value, got 'data\.imgsz'"):
+        load_study(path, base_set=["data.imgsz"])
+    with pytest.raises(StudyError, match=r"base\.set\.data\.imgz: unknown config field 'imgz' \(did you mean imgsz"):
+        load_study(path, base_set=["data.imgz=320"])
+
+
+def test_cli_set_is_checked_before_anything_runs(tmp_path):
+    path = _write(tmp_path, GOOD)
+    result = CliRunner().invoke(app, ["study", "run", str(path), "--project", str(tmp_path / "p"),
+                                      "--set", "data.imgz=1"])
+    assert result.exit_code == 2 and "unknown config field 'imgz'" in result.output
+    assert not (tmp_path / "p").exists()

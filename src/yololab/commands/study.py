@@ -15,6 +15,7 @@ from yololab.commands.messages import fail
 console = Console()
 
 EXIT_FAILED_RUNS = 1  # some runs raised: the others are kept, the study can be run again
+EXIT_INTERRUPTED = 130  # the shell's code for a program ended by Ctrl+C: some runs are left for the next call
 
 study_app = typer.Typer(help="Compare configurations over seeds, with confidence intervals (Ray Tune).",
                         no_args_is_help=True)
@@ -29,6 +30,8 @@ def run_command(
     data: Annotated[str | None, typer.Option(help="A data.yaml instead of the study's dataset.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run instead of the study's budget.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Number of seeds instead of the study's.")] = None,
+    set_items: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE over the study's base (repeatable), e.g. data.imgsz=320 with --data.")] = None,
     address: Annotated[str | None, typer.Option(
         envvar="RAY_ADDRESS", help="Ray cluster address, HOST:PORT (default: $RAY_ADDRESS, else a new local Ray on "
         "this machine's cores, even where `ray start` ran).")] = None,
@@ -45,7 +48,7 @@ def run_command(
 
     start = time.perf_counter()
     try:
-        study = load_study(study_file, data=data, epochs=epochs, seeds=seeds)
+        study = load_study(study_file, data=data, epochs=epochs, seeds=seeds, base_set=set_items)
         outcome = run_study(study, project, name or study_file.stem, address=address, verbose=0 if quiet else 1)
         csv_path, page = write_results(study, outcome.study_dir)
     except StudyError as err:
@@ -55,7 +58,12 @@ def run_command(
                   f"{len(outcome.failed)} failed in {(time.perf_counter() - start) / 60:.1f} min")
     for line in outcome.failed:
         console.print(f"[bold red]failed:[/] {escape(line)}")
+    if outcome.unfinished:
+        console.print(f"[bold yellow]interrupted:[/] {outcome.unfinished} runs did not finish; the same command "
+                      "continues them (finished runs are kept)")
     console.print(f"wrote {escape(str(csv_path))} and {escape(str(page))}")
+    if outcome.unfinished:
+        raise typer.Exit(EXIT_INTERRUPTED)
     if outcome.failed:
         raise typer.Exit(EXIT_FAILED_RUNS)
 

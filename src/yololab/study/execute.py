@@ -61,9 +61,11 @@ GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning accelerators that need a GPU
 @dataclass
 class StudyOutcome:
     study_dir: Path
-    trained: int = 0  # trials started in this call
+    trained: int = 0  # runs (grid) or configurations (search) that ended in this call: finished, stopped by
+    #                   ASHA or failed
     skipped: int = 0  # runs already finished before it
     failed: list[str] = field(default_factory=list)  # "run: error" of each trial that raised
+    unfinished: int = 0  # runs / configurations an interrupt (Ctrl+C) left unfinished: the next call trains them
 
 
 def run_study(study: Study, project: str | Path, name: str, address: str | None = None,
@@ -264,10 +266,8 @@ def _tune(trainable, study: Study, context: TrialContext, outcome: StudyOutcome,
     finally:
         if started:
             ray.shutdown()
-    for result in results:
-        outcome.trained += 1
-        if result.error is not None:
-            outcome.failed.append(f"{_label(result.config)}: {str(result.error).strip().splitlines()[-1]}")
+    outcome.failed += [f"{_label(result.config)}: {str(result.error).strip().splitlines()[-1]}"
+                       for result in results if result.error is not None]
     return results
 
 
@@ -288,25 +288,42 @@ def _grid(study: Study, context: TrialContext, outcome: StudyOutcome, address: s
     from ray import tune
 
     asha = study.spec.asha
+    stopped: set[str] = set()
     args: dict = {"metric": TUNE_METRIC, "mode": "max"}
     if asha is not None:
-        from ray.tune.schedulers import ASHAScheduler
-
-        args["scheduler"] = ASHAScheduler(time_attr=TUNE_TIME, max_t=study.spec.budget.epochs,
-                                          grace_period=asha.grace_epochs, reduction_factor=asha.reduction_factor)
+        args["scheduler"] = _asha_noting_stops(study, stopped)
     context = replace(context, runs=pending)
     _tune(grid_trial, study, context, outcome, address, verbose, {"run": tune.grid_search(list(pending))}, args)
-    if asha is not None:
-        _record_stopped(pending, outcome)
+    _record_stopped({name: pending[name] for name in stopped}, outcome)
+    failed = {line.split(":", 1)[0] for line in outcome.failed}
+    left = [name for name, (configuration, seed) in pending.items() if name not in failed
+            and read_record(run_dir(outcome.study_dir, configuration.name, seed)) is None]
+    outcome.trained, outcome.unfinished = len(pending) - len(left), len(left)
 
 
-def _record_stopped(pending: dict[str, tuple[Configuration, int]], outcome: StudyOutcome) -> None:
+def _asha_noting_stops(study: Study, stopped: set[str]):
+    """Ray's ASHA scheduler over a grid's epochs that adds the name of each run it stops to ``stopped``. Ray Tune
+    ends every running trial the same way when it is interrupted (Ctrl+C): only these runs were stopped by ASHA."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class NotingASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP:
+                stopped.add(trial.config["run"])
+            return decision
+
+    asha = study.spec.asha
+    return NotingASHA(time_attr=TUNE_TIME, max_t=study.spec.budget.epochs, grace_period=asha.grace_epochs,
+                      reduction_factor=asha.reduction_factor)
+
+
+def _record_stopped(stopped: dict[str, tuple[Configuration, int]], outcome: StudyOutcome) -> None:
     """Runs ASHA stopped early have no record (their trial was ended mid-training): write one, so that the
     study does not train them again and the statistics leave them out."""
-    failed = {line.split(":", 1)[0] for line in outcome.failed}
-    for name, (configuration, seed) in pending.items():
+    for configuration, seed in stopped.values():
         folder = run_dir(outcome.study_dir, configuration.name, seed)
-        if read_record(folder) is None and name not in failed and folder.is_dir():
+        if read_record(folder) is None and folder.is_dir():
             epochs = final_val(folder).get("epoch", -1) + 1
             RunRecord(configuration.name, configuration.levels, configuration.overrides, seed, STOPPED, epochs,
                       training_minutes(folder)).write(folder)
@@ -338,6 +355,11 @@ def searched(study: Study, study_dir: Path) -> dict[str, tuple[Configuration, li
     return found
 
 
+def _complete(study: Study, found: dict[str, tuple[Configuration, list[RunRecord]]]) -> dict[str, list[RunRecord]]:
+    """The configurations of ``found`` (:func:`searched`) finished on every seed: name -> their records."""
+    return {name: records for name, (_, records) in found.items() if len(records) == len(study.seeds)}
+
+
 def searcher(study: Study, study_dir: Path):
     """Ray Tune's OptunaSearch for what is left of a search: configurations whose seeds all finished are told
     to it with their objective, the ones begun but unfinished are evaluated first, and new ones are drawn by a
@@ -349,7 +371,7 @@ def searcher(study: Study, study_dir: Path):
     search = study.spec.search
     space = {key: _distribution(*next(iter(dist.items()))) for key, dist in search.space.items()}
     found = searched(study, study_dir)
-    complete = {name: records for name, (_, records) in found.items() if len(records) == len(study.seeds)}
+    complete = _complete(study, found)
     partial = [c.overrides for name, (c, _) in found.items() if name not in complete]
     algorithm = OptunaSearch(space=space, metric=SEARCH_OBJECTIVE, mode="max", points_to_evaluate=partial or None,
                              sampler=optuna.samplers.TPESampler(seed=search.seed + len(found)))
@@ -367,3 +389,6 @@ def _search(study: Study, context: TrialContext, outcome: StudyOutcome, address:
     if remaining > 0:
         _tune(search_trial, study, context, outcome, address, verbose, {},
               {"search_alg": algorithm, "num_samples": remaining})
+        left = study.spec.search.samples - len(_complete(study, searched(study, outcome.study_dir)))
+        outcome.unfinished = max(0, left - len(outcome.failed))
+        outcome.trained = remaining - left

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from yololab.config import ConfigError, RunConfig, build_config, load_config
+from yololab.config import ConfigError, RunConfig, build_config, dotted, load_config, parse_overrides
 from yololab.errors import FileProblem
 from yololab.loss.presets import PRESETS
 
@@ -165,9 +165,10 @@ class Study:
 
 
 def load_study(path: str | Path, data: str | None = None, epochs: int | None = None,
-               seeds: int | None = None) -> Study:
+               seeds: int | None = None, base_set: list[str] | None = None) -> Study:
     """Read and check a study file; ``data`` (a data.yaml), ``epochs`` and ``seeds`` (a number) replace the
-    file's. Raises StudyError."""
+    file's, and ``base_set`` (``--set`` items, ``key=value``) goes over its ``base.set``: the same study on other
+    data, e.g. at that data's image size. Raises StudyError."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(path, None, "no such study file")
@@ -185,6 +186,8 @@ def load_study(path: str | Path, data: str | None = None, epochs: int | None = N
         raw["budget"] = {**_without_steps(raw.get("budget")), "epochs": epochs}
     if seeds is not None:
         raw["seeds"] = seeds
+    if base_set:
+        _set_base(raw, base_set, path)
     where = _Locator(path, text)
     try:
         spec = StudySpec(**raw)
@@ -193,6 +196,19 @@ def load_study(path: str | Path, data: str | None = None, epochs: int | None = N
         loc = tuple(str(p) for p in first["loc"] if not _is_union_tag(p))
         raise where.error(loc, first["msg"].removeprefix("Value error, ")) from None
     return _expand(spec, where)
+
+
+def _set_base(raw: dict, items: list[str], path: Path) -> None:
+    """``--set`` items over the study's ``base.set`` (in place)."""
+    try:
+        values = dotted(parse_overrides(items))
+    except ConfigError as err:
+        raise StudyError(path, None, str(err)) from None
+    base = raw.get("base")
+    if base is None:
+        base = raw["base"] = {}
+    if isinstance(base, dict) and isinstance(base.get("set") or {}, dict):
+        base["set"] = {**(base.get("set") or {}), **values}
 
 
 def _without_steps(budget) -> dict:
