@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from yololab.engine.module import YoloModule
 from yololab.engine.train import train
 
 DDP_TIMEOUT_S = 240
+PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")  # the ports the kernel hands out for port 0
+FIXED_PORTS = range(20000, 30000)  # under Linux's default ephemeral range (32768-60999)
 SMALL = ["data.imgsz=128", "data.batch=4", "data.workers=0", "model.cfg=yolov3-tiny-3l-small"]
 
 
@@ -110,9 +113,28 @@ def test_bad_label_stops_before_training(digits, tmp_path):
     assert result.last_checkpoint.exists()
 
 
+def _port_outside_the_ephemeral_range() -> int:
+    """A free TCP port the kernel never gives to a bind to port 0. Lightning's own choice of MASTER_PORT is such a
+    kernel-chosen port, free when chosen but bound only later by rank 0; the Ray sessions of tests running beside
+    this one (pytest-xdist) bind many kernel-chosen ports, and one taking it leaves rank 1 waiting for a rank 0
+    that has failed."""
+    low = int(PORT_RANGE.read_text().split()[0]) if PORT_RANGE.is_file() else FIXED_PORTS.stop
+    for port in FIXED_PORTS:
+        if port >= low:
+            break
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port under the kernel's ephemeral range")
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
 def test_ddp_two_cpu_processes(digits, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_port_outside_the_ephemeral_range())}
     cmd = [sys.executable, "-m", "yololab.cli", "train", "--data", str(digits), "--epochs", "1",
            "--project", str(tmp_path), "--name", "ddp", "--progress", "none",
            *[f"--set={s}" for s in SMALL],
@@ -125,7 +147,8 @@ def test_ddp_two_cpu_processes(digits, tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "Error" in line]  # the first failure, above rank 1's retries
+    assert proc.returncode == 0, "\n".join(errors[:10]) + stdout[-3000:] + stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in rows] == [(0, "train"), (0, "val")]  # written once, by rank 0
     # 16 training images, batch 4 per process, 2 processes: 2 optimiser steps per epoch.
