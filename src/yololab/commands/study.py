@@ -56,16 +56,7 @@ def run_command(
     print_verdicts(study, outcome.study_dir)
     console.print(f"{outcome.trained} runs trained, {outcome.skipped} already finished, "
                   f"{len(outcome.failed)} failed in {(time.perf_counter() - start) / 60:.1f} min")
-    for line in outcome.failed:
-        console.print(f"[bold red]failed:[/] {escape(line)}")
-    if outcome.unfinished:
-        console.print(f"[bold yellow]interrupted:[/] {outcome.unfinished} runs did not finish; the same command "
-                      "continues them (finished runs are kept)")
-    console.print(f"wrote {escape(str(csv_path))} and {escape(str(page))}")
-    if outcome.unfinished:
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if outcome.failed:
-        raise typer.Exit(EXIT_FAILED_RUNS)
+    _end(outcome, csv_path, page)
 
 
 @study_app.command("report")
@@ -107,7 +98,21 @@ def try_suggestions(run: Path, findings: list, epochs: int | None, seeds: int) -
     except StudyError as err:
         _fail(str(err))
     print_verdicts(suggestions.study, outcome.study_dir)
+    _end(outcome, csv_path, page)
+
+
+def _end(outcome, csv_path: Path, page: Path) -> None:
+    """The runs that failed or did not finish, the files written, and the exit code that says so."""
+    for line in outcome.failed:
+        console.print(f"[bold red]failed:[/] {escape(line)}")
+    if outcome.unfinished:
+        console.print(f"[bold yellow]interrupted:[/] {outcome.unfinished} runs did not finish; the same command "
+                      "continues them (finished runs are kept)")
     console.print(f"wrote {escape(str(csv_path))} and {escape(str(page))}")
+    if outcome.unfinished:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if outcome.failed:
+        raise typer.Exit(EXIT_FAILED_RUNS)
 
 
 def print_verdicts(study, study_dir: Path) -> None:
