@@ -84,7 +84,7 @@ def _configurations(study: Study, stats: list[ConfigStats], rows: list[RunRow]) 
                 f"{s.finished}" + (f" (+{s.stopped} stopped)" if s.stopped else "")]
         for metric in METRICS:
             line += [_mean_sd(s.summaries[metric]), _ci(s.summaries[metric])]
-        line.append(s.minutes if math.isfinite(s.minutes) else None)
+        line.append(f"{s.minutes:.1f}" if math.isfinite(s.minutes) else None)  # minutes, not significant digits
         body.append(line)
     styles = [("#e8f3e8" if study.baseline and s.name == study.baseline.name else NEUTRAL) for s in stats]
     return _table(header, body, styles) + "<p>The baseline is shaded green. Test columns are empty when the " \
@@ -173,7 +173,7 @@ def _findings(stats: list[ConfigStats], rows: list[RunRow]) -> str:
 def _runs(study: Study, rows: list[RunRow], study_dir: Path) -> str:
     keys = factor_keys(study, rows)
     body = [[r.config, *(r.levels.get(k, "") for k in keys), r.seed, r.status, r.epochs, r.val_mAP50,
-             r.val_mAP50_95, r.test_mAP50, r.minutes if math.isfinite(r.minutes) else None,
+             r.val_mAP50_95, r.test_mAP50, f"{r.minutes:.1f}" if math.isfinite(r.minutes) else None,
              " ".join(r.finding_ids) or "–", str(r.folder.relative_to(study_dir))] for r in rows]
     header = ["configuration", *keys, "seed", "status", "epochs", "val mAP50", "val mAP50_95", "test mAP50",
               "minutes", "findings", "folder (report.html inside)"]
