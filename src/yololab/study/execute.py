@@ -53,6 +53,7 @@ RAY_CLIENT_SCHEME = "ray://"
 CONNECT_TIMEOUT_S = 10  # to open a TCP connection to a cluster's address before handing it to Ray
 RUN_HERE = "leave out --address to run on this machine"  # the other way out of an address that fails
 AUTH_MARKS = ("AuthenticationError", "InvalidAuthToken")  # in Ray's connection errors when a token is refused
+WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's setting: nice levels its workers add to the raylet's
 GPUS_KEY = "gpus_per_trial"
 ACCELERATOR_KEY = "train.accelerator"
 GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning accelerators that need a GPU
@@ -185,7 +186,9 @@ def _start_ray(address: str | None, verbose: int) -> bool:
             raise StudyError(f"--address {address}", None, _connection_problem(err)) from err
     else:
         # "local": a new Ray of this process, not a cluster an earlier `ray start` left on the machine (which
-        # plain ray.init() would join, refusing num_cpus)
+        # plain ray.init() would join, refusing num_cpus). Its workers, the trials, at this process's priority:
+        # Ray's own default runs them 15 nice levels lower, behind any other work on the machine.
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         ray.init(address=LOCAL_RAY, num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES,
                  include_dashboard=False, log_to_driver=verbose > 0)
     return True
