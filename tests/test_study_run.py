@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from test_study_tune import ASHA
 from yololab.study import load_study, write_results
 from yololab.study.execute import run_study
 from yololab.study.trial import RUN_RECORD, read_record
@@ -298,26 +299,15 @@ def test_a_folder_written_before_a_new_study_field_continues(tmp_path):
         _claim(study, study_dir)
 
 
-# One run at a time (each takes every core), 4 epochs each: Ctrl+C after the first run's first epoch leaves it
-# mid-training and the second unstarted.
-INTERRUPTED_ASHA = f"""\
-data: {{make: digits, options: {{tiny: true, seed: 1}}}}
-base:
-  cfg: yolov3-tiny-3l-small
-  preset: yololab
-  set: {{data.imgsz: 128, data.batch: 2, diagnostics.grad_share_every: 0}}
-budget: {{epochs: 4}}
-seeds: 1
-factors:
-  optim.lr: [0.01, 0.00001]
-asha: {{grace_epochs: 1, reduction_factor: 2}}
-cpus_per_trial: {os.cpu_count()}
-"""
+# test_study_tune's ASHA study (one run at a time, each takes every core) at 4 epochs: Ctrl+C after the first
+# run's first epoch leaves it mid-training and the second unstarted.
+INTERRUPTED_ASHA = ASHA.replace("budget: {epochs: 2}", "budget: {epochs: 4}")
 
 
 def test_ctrl_c_says_so_and_leaves_the_interrupted_runs_to_the_next_call(tmp_path):
     """Ray Tune returns normally after Ctrl+C: the study says which runs did not finish and exits 130, and an
     ASHA study does not record the interrupted run as one ASHA stopped (it would never be trained again)."""
+    assert INTERRUPTED_ASHA != ASHA
     study_file = tmp_path / "asha.yaml"
     study_file.write_text(INTERRUPTED_ASHA)
     runs = tmp_path / "studies" / "asha" / "runs"

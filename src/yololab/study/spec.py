@@ -204,11 +204,12 @@ def _set_base(raw: dict, items: list[str], path: Path) -> None:
         values = dotted(parse_overrides(items))
     except ConfigError as err:
         raise StudyError(path, None, str(err)) from None
-    base = raw.get("base")
-    if base is None:
-        base = raw["base"] = {}
-    if isinstance(base, dict) and isinstance(base.get("set") or {}, dict):
-        base["set"] = {**(base.get("set") or {}), **values}
+    if raw.get("base") is None:
+        raw["base"] = {}
+    base = raw["base"]
+    current = base.get("set") or {} if isinstance(base, dict) else None
+    if isinstance(current, dict):  # anything else is left for the validation to name
+        base["set"] = {**current, **values}
 
 
 def _without_steps(budget) -> dict:
