@@ -7,7 +7,6 @@ import math
 
 import torch
 
-from yololab import recipes
 from yololab.loss import YoloLoss, preset
 from yololab.model import Darknet, packaged_cfg
 from yololab.recipes import TINY_BOX_PX, TINY_BOX_SHARE
@@ -49,8 +48,7 @@ TRAIN_IMGSZ = 64  # network input: the letterbox halves every side, so areas shr
 BINS = {"3x2-5x4": [6 / 4, 20 / 4], "6x6-40x40": [36 / 4, 1600 / 4], "40x30-200x150": [1200 / 4, 128 * 128 / 4]}
 
 
-def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path, caplog, monkeypatch):
-    from dataclasses import replace
+def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path, caplog):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from typer.testing import CliRunner
@@ -65,9 +63,6 @@ def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path, caplog, monk
                         "train": {"epochs": 1}},
                        [f"data.imgsz={TRAIN_IMGSZ}", "data.batch=4", "data.workers=0", "model.cfg=yolov3-tiny-4l-small",
                         "diagnostics.report=false"])
-    # The shipped sparse recipe is not suggested (no better than the default preset, docs/studies.md): a copy
-    # measured better shows the line a run prints.
-    monkeypatch.setitem(recipes.RECIPES, "sparse", replace(recipes.RECIPES["sparse"], beats_default=True))
     with caplog.at_level("INFO"):
         train(cfg, progress="none")
     run = tmp_path / "run"
