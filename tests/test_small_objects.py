@@ -49,7 +49,6 @@ BINS = {"3x2-5x4": [6 / 4, 20 / 4], "6x6-40x40": [36 / 4, 1600 / 4], "40x30-200x
 
 
 def test_sparse_run_logs_evaluates_and_reports_ap_by_size(tmp_path, caplog):
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from typer.testing import CliRunner
 

@@ -39,6 +39,11 @@ def _ci(s: Summary, sign: bool = False) -> str:
     return f"{show(s.low)} … {show(s.high)}"
 
 
+def _minutes(value: float) -> str | None:
+    """Minutes to one decimal (a time, not significant digits); None (an empty cell) when unknown."""
+    return f"{value:.1f}" if math.isfinite(value) else None
+
+
 def _summary(study: Study, rows: list[RunRow], study_dir: Path) -> str:
     spec = study.spec
     finished = [r for r in rows if r.status == FINISHED]
@@ -84,7 +89,7 @@ def _configurations(study: Study, stats: list[ConfigStats], rows: list[RunRow]) 
                 f"{s.finished}" + (f" (+{s.stopped} stopped)" if s.stopped else "")]
         for metric in METRICS:
             line += [_mean_sd(s.summaries[metric]), _ci(s.summaries[metric])]
-        line.append(f"{s.minutes:.1f}" if math.isfinite(s.minutes) else None)  # minutes, not significant digits
+        line.append(_minutes(s.minutes))
         body.append(line)
     styles = [("#e8f3e8" if study.baseline and s.name == study.baseline.name else NEUTRAL) for s in stats]
     return _table(header, body, styles) + "<p>The baseline is shaded green. Test columns are empty when the " \
@@ -173,7 +178,7 @@ def _findings(stats: list[ConfigStats], rows: list[RunRow]) -> str:
 def _runs(study: Study, rows: list[RunRow], study_dir: Path) -> str:
     keys = factor_keys(study, rows)
     body = [[r.config, *(r.levels.get(k, "") for k in keys), r.seed, r.status, r.epochs, r.val_mAP50,
-             r.val_mAP50_95, r.test_mAP50, f"{r.minutes:.1f}" if math.isfinite(r.minutes) else None,
+             r.val_mAP50_95, r.test_mAP50, _minutes(r.minutes),
              " ".join(r.finding_ids) or "–", str(r.folder.relative_to(study_dir))] for r in rows]
     header = ["configuration", *keys, "seed", "status", "epochs", "val mAP50", "val mAP50_95", "test mAP50",
               "minutes", "findings", "folder (report.html inside)"]

@@ -207,7 +207,7 @@ def _set_base(raw: dict, items: list[str], path: Path) -> None:
     if raw.get("base") is None:
         raw["base"] = {}
     base = raw["base"]
-    current = base.get("set") or {} if isinstance(base, dict) else None
+    current = (base.get("set") or {}) if isinstance(base, dict) else None
     if isinstance(current, dict):  # anything else is left for the validation to name
         base["set"] = {**current, **values}
 
